@@ -1,0 +1,38 @@
+"""django-signal-broadcaster: Django signals as typed CloudEvents over RabbitMQ."""
+
+from broadcaster.envelope import Envelope
+from broadcaster.exceptions import (
+    BroadcasterError,
+    BrokerUnavailable,
+    ConfigurationError,
+    FlushTimeout,
+    HopLimitExceeded,
+    InvalidPayload,
+    MessageTooLarge,
+    PublishBufferFull,
+    PublishError,
+    RegistrationError,
+    RejectedMessage,
+)
+from broadcaster.publisher import flush
+from broadcaster.registry import broadcast, subscribe
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "BroadcasterError",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "Envelope",
+    "FlushTimeout",
+    "HopLimitExceeded",
+    "InvalidPayload",
+    "MessageTooLarge",
+    "PublishBufferFull",
+    "PublishError",
+    "RegistrationError",
+    "RejectedMessage",
+    "broadcast",
+    "flush",
+    "subscribe",
+]

@@ -1,0 +1,35 @@
+"""System checks: misconfiguration is reported by `manage.py check`, with ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.core.checks import CheckMessage, Error
+
+from broadcaster.settings import validate
+
+__all__ = ["check_settings"]
+
+
+def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """broadcaster.E001-E005: the BROADCASTER setting is missing or invalid."""
+    _, problems = validate()
+    return [
+        Error(
+            problem.message,
+            hint=_HINTS.get(problem.check_id),
+            obj="settings.BROADCASTER",
+            id=problem.check_id,
+        )
+        for problem in problems
+    ]
+
+
+_HINTS = {
+    "broadcaster.E001": 'Add BROADCASTER = {"SERVICE_NAME": "orders"} to your settings.',
+    "broadcaster.E002": "SERVICE_NAME names this service's queue and the source of its events.",
+    "broadcaster.E003": "Use amqp://user:password@host:5672/vhost (or amqps://), or set BROADCASTER_BROKER_URL.",
+    "broadcaster.E004": "See the settings reference in the README for the keys BROADCASTER accepts.",
+}

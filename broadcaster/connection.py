@@ -1,0 +1,32 @@
+"""Connection parameters and back-off shared by the publisher and the consumer."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+import pika
+
+from broadcaster.settings import BroadcasterSettings
+
+__all__ = ["backoff", "parameters"]
+
+
+def parameters(settings: BroadcasterSettings, role: str) -> pika.URLParameters:
+    """pika parameters for `role` ("publisher", "consumer"), named so operators see who is who."""
+    params = pika.URLParameters(settings.broker_url)
+    params.heartbeat = settings.heartbeat
+    params.blocked_connection_timeout = max(settings.publish_timeout * 6, 60.0)
+    params.connection_attempts = 1
+    params.client_properties = {
+        "connection_name": f"{settings.service_name} {role} {socket.gethostname()}:{os.getpid()}",
+        "product": "django-signal-broadcaster",
+    }
+    return params
+
+
+def backoff(failures: int, cap: float) -> float:
+    """Seconds to wait before reconnection attempt number `failures` (1-based), with jitter."""
+    ceiling: float = min(cap, 0.25 * 2 ** min(failures, 16))
+    return random.uniform(ceiling / 2, ceiling)

@@ -1,0 +1,262 @@
+"""The consumer daemon: one service queue in, local signals out.
+
+A message is acknowledged only after its receivers ran and the events they caused were
+confirmed by the broker. A receiver that raises sends the message to the next delay
+queue; after the last attempt, or at once for a message that can never succeed, it is
+copied to the dead-letter queue with the reason in headers, and only then acked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from broadcaster import connection, publisher
+from broadcaster.dispatch import Action, Outcome, dispatch
+from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
+from broadcaster.registry import Subscription
+from broadcaster.settings import BroadcasterSettings
+from broadcaster.topology import Topology
+
+__all__ = ["Consumer"]
+
+logger = logging.getLogger(__name__)
+
+ATTEMPT_HEADER = "x-broadcaster-attempt"
+_HEADER = "x-broadcaster-"
+_ERROR_TEXT_LIMIT = 1000
+_CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    OSError,
+)
+# Properties copied onto a retried or dead-lettered message. user_id is left out: the
+# broker refuses a publish whose user_id is not the publishing connection's user.
+_COPIED = (
+    "content_type",
+    "content_encoding",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "message_id",
+    "timestamp",
+    "type",
+    "app_id",
+    "cluster_id",
+)
+
+
+class Consumer:
+    """Consumes the service queue and re-emits each event on its local signal."""
+
+    def __init__(
+        self,
+        settings: BroadcasterSettings,
+        subscriptions: Mapping[str, Subscription],
+        *,
+        prefetch: int | None = None,
+        max_messages: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = dict(subscriptions)
+        self.topology = Topology.for_settings(settings)
+        self.prefetch = prefetch or settings.prefetch
+        self.max_messages = max_messages
+        self.counts: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+
+    @property
+    def handled(self) -> int:
+        """Messages finished so far, whatever their outcome."""
+        return sum(self.counts.values())
+
+    def stop(self) -> None:
+        """Ask the daemon to stop after the message in hand (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Consume until stop() or --max-messages; reconnect when the broker goes away.
+
+        Raises BrokerUnavailable when the very first connection fails, so a misconfigured
+        daemon stops at once with a clear message rather than retrying forever.
+        """
+        self._connect()
+        logger.info(
+            "consume_signals: started service=%s queue=%s events=%s broker=%s prefetch=%d pid=%d",
+            self.settings.service_name,
+            self.topology.queue,
+            ",".join(sorted(self.subscriptions)) or "-",
+            self.settings.redacted_broker_url,
+            self.prefetch,
+            os.getpid(),
+        )
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                if self._connection is None:
+                    self._connect()
+                    failures = 0
+                    logger.info("consume_signals: reconnected to %s", self.settings.redacted_broker_url)
+                assert self._connection is not None
+                self._connection.process_data_events(time_limit=1)
+            except (*_CONNECTION_ERRORS, BrokerUnavailable) as exc:
+                failures += 1
+                self._drop_connection()
+                delay = connection.backoff(failures, self.settings.reconnect_max_delay)
+                logger.warning("consume_signals: connection lost (%s); retrying in %.1f s", _short(exc), delay)
+                self._stop.wait(delay)
+        self._close()
+        logger.info("consume_signals: stopped after %d message(s) (%s)", self.handled, self._summary())
+
+    def _summary(self) -> str:
+        return ", ".join(f"{name} {count}" for name, count in sorted(self.counts.items())) or "none"
+
+    def _connect(self) -> None:
+        params = connection.parameters(self.settings, "consumer")
+        try:
+            conn = pika.BlockingConnection(params)
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(
+                f"cannot connect to the broker at {self.settings.redacted_broker_url}: {_short(exc)}"
+            ) from exc
+        try:
+            channel = conn.channel()
+            channel.confirm_delivery()
+            channel.basic_qos(prefetch_count=self.prefetch)
+            self.topology.declare(channel, self.subscriptions)
+            channel.basic_consume(self.topology.queue, self._on_message)
+        except Exception:
+            _close_quietly(conn)
+            raise
+        self._connection, self._channel = conn, channel
+
+    def _on_message(self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+        if self._stop.is_set():
+            return  # left unacked: the broker redelivers it when the channel closes
+        delivery = _Delivery(method, properties, body, _attempt(properties))
+        outcome = dispatch(
+            properties, body, settings=self.settings, subscriptions=self.subscriptions, attempt=delivery.attempt
+        )
+        if outcome.action is Action.ACK and not self._flush_caused_events(outcome):
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            self.counts["requeued"] += 1
+            return
+        if outcome.action is Action.RETRY and delivery.attempt < self.settings.max_attempts:
+            self._republish(channel, delivery, outcome, self.topology.retry_queues[delivery.attempt - 1])
+            self.counts["retried"] += 1
+        elif outcome.action is not Action.ACK:
+            self._republish(channel, delivery, outcome, self.topology.dead_letter_queue)
+            self.counts["dead-lettered"] += 1
+            _log_dead_letter(outcome, delivery)
+        else:
+            self.counts["acked"] += 1
+        channel.basic_ack(method.delivery_tag)
+        if self.max_messages is not None and self.handled >= self.max_messages:
+            self.stop()
+
+    def _flush_caused_events(self, outcome: Outcome) -> bool:
+        # Events the receivers fired must be safe at the broker before the message that
+        # caused them is acked, or a crash in between would lose them.
+        try:
+            publisher.flush(self.settings.publish_timeout)
+        except FlushTimeout as exc:
+            envelope = outcome.envelope
+            logger.error(
+                "events caused by %s were not confirmed (%s); requeueing it",
+                envelope and envelope.id,
+                exc,
+            )
+            return False
+        return True
+
+    def _republish(self, channel: Any, delivery: _Delivery, outcome: Outcome, queue: str) -> None:
+        properties = delivery.properties
+        headers = dict(properties.headers or {})
+        now = datetime.now(UTC).isoformat()
+        headers.setdefault(_HEADER + "routing-key", delivery.method.routing_key)
+        headers.setdefault(_HEADER + "first-failure", now)
+        headers.update(
+            {
+                ATTEMPT_HEADER: delivery.attempt + 1,
+                _HEADER + "attempts": delivery.attempt,
+                _HEADER + "last-failure": now,
+                _HEADER + "reason": outcome.reason,
+                _HEADER + "error": outcome.detail[:_ERROR_TEXT_LIMIT],
+                _HEADER + "exception": outcome.exception,
+                _HEADER + "queue": self.topology.queue,
+            }
+        )
+        if properties.user_id:
+            headers[_HEADER + "user-id"] = properties.user_id
+        copied = {name: getattr(properties, name) for name in _COPIED}
+        props = pika.BasicProperties(headers=headers, delivery_mode=2, **copied)
+        channel.basic_publish("", queue, delivery.body, props, mandatory=True)
+
+    def _drop_connection(self) -> None:
+        conn, self._connection, self._channel = self._connection, None, None
+        if conn is not None:
+            _close_quietly(conn)
+
+    def _close(self) -> None:
+        conn = self._connection
+        if conn is None:
+            return
+        try:
+            if self._channel is not None and self._channel.is_open:
+                self._channel.cancel()
+        except _CONNECTION_ERRORS:
+            pass
+        self._drop_connection()
+        try:
+            publisher.flush(self.settings.shutdown_timeout)
+        except FlushTimeout as exc:
+            logger.error("consume_signals: %s at shutdown", exc)
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    method: Any
+    properties: pika.BasicProperties
+    body: bytes
+    attempt: int
+
+
+def _attempt(properties: pika.BasicProperties) -> int:
+    value = (properties.headers or {}).get(ATTEMPT_HEADER, 1)
+    return value if isinstance(value, int) and value >= 1 else 1
+
+
+def _log_dead_letter(outcome: Outcome, delivery: _Delivery) -> None:
+    envelope, properties = outcome.envelope, delivery.properties
+    logger.error(
+        "dead-lettered %s %s after %d attempt(s): %s: %s",
+        envelope.type if envelope else properties.type or "(unknown event)",
+        envelope.id if envelope else properties.message_id or "(no id)",
+        delivery.attempt,
+        outcome.reason,
+        outcome.detail[:200],
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+def _close_quietly(conn: pika.BlockingConnection) -> None:
+    try:
+        if conn.is_open:
+            conn.close()
+    except _CONNECTION_ERRORS:
+        pass

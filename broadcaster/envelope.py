@@ -1,0 +1,226 @@
+"""The CloudEvents envelope and its mapping onto AMQP messages.
+
+Messages are CloudEvents 1.0 in the RabbitMQ protocol binding's binary content mode:
+the body is the payload JSON and the attributes are ``ce-`` headers. Structured mode
+(``application/cloudevents+json``) is accepted on the way in.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pika
+
+from broadcaster.exceptions import RejectedMessage
+
+__all__ = ["Envelope", "IncomingMessage", "decode", "properties_for"]
+
+SPECVERSION = "1.0"
+JSON = "application/json"
+STRUCTURED_JSON = "application/cloudevents+json"
+_JSON_TYPES = frozenset({JSON, "text/json"})
+_REQUIRED = ("id", "source", "type", "specversion")
+_DELIVERY_MODE_PERSISTENT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The CloudEvent attributes of one event, handed to receivers as ``envelope``.
+
+    `id` is stable across redeliveries: receivers that must not repeat an effect key
+    on it. `attempt` counts deliveries to this service (1 on the first).
+    """
+
+    id: str
+    source: str
+    type: str
+    time: datetime
+    subject: str | None = None
+    schema_version: str | None = None
+    causation_id: str | None = None
+    hops: int = 0
+    traceparent: str | None = None
+    attempt: int = field(default=1, compare=False)
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        source: str,
+        type: str,
+        subject: str | None = None,
+        schema_version: str | None = None,
+        cause: Envelope | None = None,
+    ) -> Envelope:
+        """Make the envelope of an event fired now, caused by `cause` when given."""
+        return cls(
+            id=str(uuid.uuid4()),
+            source=source,
+            type=type,
+            time=datetime.now(UTC),
+            subject=subject,
+            schema_version=schema_version,
+            causation_id=cause.id if cause else None,
+            hops=cause.hops + 1 if cause else 0,
+        )
+
+    def headers(self) -> dict[str, str]:
+        """The ``ce-`` headers of binary content mode."""
+        headers = {
+            "ce-specversion": SPECVERSION,
+            "ce-id": self.id,
+            "ce-source": self.source,
+            "ce-type": self.type,
+            "ce-time": _format_time(self.time),
+            "ce-hops": str(self.hops),
+        }
+        optional = {
+            "ce-subject": self.subject,
+            "ce-schemaversion": self.schema_version,
+            "ce-causationid": self.causation_id,
+            "ce-traceparent": self.traceparent,
+        }
+        headers.update({key: value for key, value in optional.items() if value is not None})
+        return headers
+
+
+def properties_for(envelope: Envelope) -> pika.BasicProperties:
+    """AMQP properties of a binary-mode message; they mirror the ``ce-`` headers."""
+    return pika.BasicProperties(
+        content_type=JSON,
+        delivery_mode=_DELIVERY_MODE_PERSISTENT,
+        message_id=envelope.id,
+        type=envelope.type,
+        app_id=envelope.source,
+        timestamp=int(envelope.time.timestamp()),
+        headers=envelope.headers(),
+    )
+
+
+def _format_time(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A decoded message: its envelope and its payload.
+
+    `data` is the payload JSON as bytes (binary mode), or the already parsed value of a
+    structured-mode event's ``data`` member (numbers with a fraction as Decimal, so no
+    precision is lost before the schema sees them).
+    """
+
+    envelope: Envelope
+    data: bytes | object
+
+
+def decode(properties: pika.BasicProperties, body: bytes, *, attempt: int = 1) -> IncomingMessage:
+    """Read the envelope of a message in binary or structured mode.
+
+    Raises RejectedMessage for anything that is not a JSON CloudEvent; nothing but the
+    JSON parser ever looks at the body.
+    """
+    content_type = _media_type(properties.content_type)
+    if content_type == STRUCTURED_JSON:
+        attributes, data = _structured(body)
+    elif content_type in _JSON_TYPES:
+        attributes, data = _binary(properties.headers or {}), body
+    else:
+        raise RejectedMessage(
+            "content-type",
+            f"content type {properties.content_type!r} is not accepted; only JSON CloudEvents are",
+        )
+    return IncomingMessage(_envelope(attributes, attempt), data)
+
+
+def _media_type(content_type: str | None) -> str:
+    # A missing content type is read as JSON: other CloudEvents producers omit it.
+    return (content_type or JSON).split(";", 1)[0].strip().lower()
+
+
+def _binary(headers: Mapping[str, Any]) -> dict[str, str]:
+    attributes = {}
+    for key, value in headers.items():
+        name = str(key).lower()
+        if name.startswith("ce-"):
+            attributes[name[3:]] = _text(name, value)
+    return attributes
+
+
+def _text(name: str, value: object) -> str:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RejectedMessage("bad-attribute", f"header {name!r} is not UTF-8") from exc
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return str(value)
+    raise RejectedMessage("bad-attribute", f"header {name!r} is a {type(value).__name__}, not a string")
+
+
+def _structured(body: bytes) -> tuple[dict[str, str], object]:
+    try:
+        document = json.loads(body, parse_float=Decimal)
+    except (ValueError, RecursionError) as exc:
+        raise RejectedMessage("not-json", f"structured CloudEvent is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise RejectedMessage("not-json", "structured CloudEvent is not a JSON object")
+    data: object = document.pop("data", None)
+    if "data_base64" in document:
+        data = _base64(document.pop("data_base64"))
+    media = _media_type(document.pop("datacontenttype", None))
+    if media not in _JSON_TYPES:
+        raise RejectedMessage("content-type", f"datacontenttype {media!r} is not JSON")
+    return {str(key): _text(str(key), value) for key, value in document.items()}, data
+
+
+def _base64(value: object) -> bytes:
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except ValueError as exc:
+        raise RejectedMessage("not-json", "data_base64 is not valid base64") from exc
+
+
+def _envelope(attributes: dict[str, str], attempt: int) -> Envelope:
+    missing = [name for name in _REQUIRED if not attributes.get(name)]
+    if missing:
+        raise RejectedMessage("bad-attribute", "missing CloudEvents attribute(s): " + ", ".join(missing))
+    if attributes["specversion"] != SPECVERSION:
+        raise RejectedMessage("bad-attribute", f"specversion {attributes['specversion']!r} is not 1.0")
+    return Envelope(
+        id=attributes["id"],
+        source=attributes["source"],
+        type=attributes["type"],
+        time=_parse_time(attributes.get("time")),
+        subject=attributes.get("subject"),
+        schema_version=attributes.get("schemaversion"),
+        causation_id=attributes.get("causationid"),
+        hops=_parse_hops(attributes.get("hops")),
+        traceparent=attributes.get("traceparent"),
+        attempt=attempt,
+    )
+
+
+def _parse_time(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise RejectedMessage("bad-attribute", f"ce-time {value!r} is not RFC 3339") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _parse_hops(value: str | None) -> int:
+    if value is None:
+        return 0
+    if not value.isdigit() or len(value) > 6:
+        raise RejectedMessage("bad-attribute", f"ce-hops {value[:20]!r} is not a small whole number")
+    return int(value)

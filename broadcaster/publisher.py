@@ -1,0 +1,290 @@
+"""The per-process publisher: one pika connection on its own I/O thread.
+
+`publish()` only appends to a bounded buffer and wakes the I/O thread, so a request
+never waits on the broker. The I/O thread publishes with confirms pipelined, forgets a
+message once the broker acks it, and publishes it again after a nack or a lost
+connection: nothing handed to the publisher is dropped while the process lives. The
+process flushes at exit; a forked child (a gunicorn worker) gets a fresh publisher.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from pika.adapters.select_connection import IOLoop, SelectConnection
+from pika.spec import Basic
+
+from broadcaster import connection
+from broadcaster.envelope import properties_for
+from broadcaster.exceptions import FlushTimeout, PublishBufferFull
+from broadcaster.registry import OutboundMessage
+from broadcaster.settings import BroadcasterSettings, get_settings
+
+__all__ = ["Publisher", "Transport", "flush", "get_publisher", "reset_publisher"]
+
+logger = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    """What the library needs from a publisher; `PikaPublisher` is the real one."""
+
+    def publish(self, message: OutboundMessage) -> None:
+        """Take `message`; it reaches the broker later, or is kept and retried."""
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every message taken is confirmed, or raise FlushTimeout."""
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then release the connection."""
+
+    @property
+    def pending(self) -> int:
+        """Messages taken and not yet confirmed by the broker."""
+
+
+class Publisher:
+    """Publishes OutboundMessages on a background thread with publisher confirms."""
+
+    def __init__(self, settings: BroadcasterSettings) -> None:
+        self._settings = settings
+        self._params = connection.parameters(settings, "publisher")
+        self._cond = threading.Condition()
+        self._buffer: deque[OutboundMessage] = deque()
+        self._unconfirmed: dict[int, OutboundMessage] = {}  # delivery tag -> message, ascending
+        self._ioloop: IOLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._connection: SelectConnection | None = None
+        self._channel: Any = None
+        self._ready = False
+        self._closing = False
+        self._wakeup_pending = False
+        self._next_tag = 0
+        self._failures = 0
+        self.pid = os.getpid()
+
+    # -- caller's side -------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Messages taken and not yet confirmed by the broker."""
+        return len(self._buffer) + len(self._unconfirmed)
+
+    def publish(self, message: OutboundMessage) -> None:
+        """Buffer `message` for the I/O thread; wait at most PUBLISH_TIMEOUT for room."""
+        with self._cond:
+            if self.pending >= self._settings.max_buffer:
+                self._wait_for_room()
+            self._buffer.append(message)
+            wake = self._ready and not self._wakeup_pending
+            self._wakeup_pending = self._wakeup_pending or wake
+            ioloop = self._start()
+        if wake:
+            ioloop.add_callback_threadsafe(self._drain)
+
+    def _wait_for_room(self) -> None:
+        limit = self._settings.max_buffer
+        if not self._cond.wait_for(lambda: self.pending < limit, self._settings.publish_timeout):
+            raise PublishBufferFull(
+                f"{self.pending} events are waiting for the broker at {self._settings.redacted_broker_url} "
+                f"(MAX_BUFFER={limit}) and none was confirmed within PUBLISH_TIMEOUT "
+                f"({self._settings.publish_timeout:g} s); is the broker down or blocking publishers?"
+            )
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every message taken is confirmed, or raise FlushTimeout."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.pending == 0, timeout):
+                raise FlushTimeout(self.pending, timeout or 0.0)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush for at most `timeout` seconds, then close the connection and the thread."""
+        try:
+            self.flush(timeout)
+        finally:
+            with self._cond:
+                self._closing = True
+                ioloop, thread = self._ioloop, self._thread
+            if ioloop is not None and thread is not None and thread.is_alive():
+                ioloop.add_callback_threadsafe(self._shutdown)
+                thread.join(timeout=5)
+
+    def _close_at_exit(self) -> None:
+        if self.pid != os.getpid() or self._closing:
+            return
+        try:
+            self.close(self._settings.shutdown_timeout)
+        except FlushTimeout as exc:
+            logger.error("exiting with %d event(s) the broker never confirmed: they are lost", exc.pending)
+
+    def _start(self) -> IOLoop:
+        # Called with the lock held. The thread is a daemon so that a hung broker can never
+        # keep the process alive; the atexit hook flushes before the interpreter stops it.
+        if self._ioloop is None:
+            self._ioloop = IOLoop()
+            self._thread = threading.Thread(target=self._run, name="broadcaster-publisher", daemon=True)
+            self._thread.start()
+            atexit.register(self._close_at_exit)
+        return self._ioloop
+
+    # -- I/O thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._ioloop is not None
+        self._connect()
+        self._ioloop.start()
+
+    def _connect(self) -> None:
+        self._connection = SelectConnection(
+            self._params,
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed,
+            custom_ioloop=self._ioloop,
+        )
+
+    def _on_open(self, conn: Any) -> None:
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_channel(self, channel: Any) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm)
+        channel.exchange_declare(
+            exchange=self._settings.exchange,
+            exchange_type="topic",
+            durable=True,
+            callback=self._on_declared,
+        )
+
+    def _on_declared(self, _frame: object) -> None:
+        with self._cond:
+            self._ready, self._next_tag, self._failures = True, 0, 0
+        logger.info("publisher connected to %s", self._settings.redacted_broker_url)
+        self._drain()
+
+    def _drain(self) -> None:
+        with self._cond:
+            self._wakeup_pending = False
+            if not self._ready:
+                return
+            batch = list(self._buffer)
+            self._buffer.clear()
+            for message in batch:
+                self._next_tag += 1
+                self._unconfirmed[self._next_tag] = message
+        exchange = self._settings.exchange
+        for message in batch:
+            properties = properties_for(message.envelope)
+            self._channel.basic_publish(exchange, message.routing_key, message.body, properties)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        nacked = isinstance(method, Basic.Nack)
+        with self._cond:
+            done = self._take_confirmed(method.delivery_tag, method.multiple)
+            if nacked:
+                logger.warning("broker nacked %d event(s); publishing them again", len(done))
+                self._requeue(done)
+            self._cond.notify_all()
+        if nacked and self._ioloop is not None:
+            self._ioloop.call_later(0.1, self._drain)
+
+    def _take_confirmed(self, tag: int, multiple: bool) -> list[OutboundMessage]:
+        if not multiple:
+            message = self._unconfirmed.pop(tag, None)
+            return [message] if message is not None else []
+        done = []
+        while self._unconfirmed:
+            first = next(iter(self._unconfirmed))
+            if first > tag:
+                break
+            done.append(self._unconfirmed.pop(first))
+        return done
+
+    def _requeue(self, messages: Iterable[OutboundMessage]) -> None:
+        # Called with the lock held; keeps the original order ahead of newer messages.
+        self._buffer.extendleft(reversed(list(messages)))
+
+    def _on_channel_closed(self, _channel: object, reason: Exception) -> None:
+        logger.warning("publisher channel closed: %s", reason)
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+
+    def _on_open_error(self, _conn: object, error: str | Exception) -> None:
+        logger.warning("publisher cannot connect to %s: %s", self._settings.redacted_broker_url, error)
+        self._schedule_reconnect()
+
+    def _on_closed(self, _conn: object, reason: BaseException) -> None:
+        with self._cond:
+            self._ready = False
+            self._requeue(self._unconfirmed.values())
+            self._unconfirmed.clear()
+            closing = self._closing
+        if closing:
+            assert self._ioloop is not None
+            self._ioloop.stop()
+            return
+        logger.warning("publisher lost its connection (%s); %d event(s) kept for later", reason, self.pending)
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        assert self._ioloop is not None
+        if self._closing:
+            self._ioloop.stop()
+            return
+        self._failures += 1
+        self._ioloop.call_later(connection.backoff(self._failures, self._settings.reconnect_max_delay), self._connect)
+
+    def _shutdown(self) -> None:
+        assert self._ioloop is not None
+        if self._connection is not None and not (self._connection.is_closed or self._connection.is_closing):
+            self._connection.close()
+        elif self._connection is None or self._connection.is_closed:
+            self._ioloop.stop()
+
+
+_lock = threading.Lock()
+_publisher: Publisher | None = None
+
+
+def get_publisher() -> Publisher:
+    """The publisher of this process, made on first use and again after fork()."""
+    global _publisher  # noqa: PLW0603 - the process-wide publisher
+    publisher = _publisher
+    if publisher is None or publisher.pid != os.getpid():
+        with _lock:
+            if _publisher is None or _publisher.pid != os.getpid():
+                _publisher = Publisher(get_settings())
+            publisher = _publisher
+    return publisher
+
+
+def flush(timeout: float | None = None) -> None:
+    """Block until every event handed to this process's publisher is confirmed, or raise."""
+    if _publisher is not None and _publisher.pid == os.getpid():
+        _publisher.flush(timeout)
+
+
+def reset_publisher(timeout: float | None = None, **_: object) -> None:
+    """Close this process's publisher (flushing for `timeout`); the next event makes a new one."""
+    global _publisher
+    with _lock:
+        publisher, _publisher = _publisher, None
+    if publisher is not None and publisher.pid == os.getpid():
+        publisher.close(timeout)
+
+
+def _forget_after_fork() -> None:
+    # The child must not touch the parent's socket or republish the parent's buffer.
+    global _publisher, _lock  # noqa: PLW0603
+    _publisher = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,246 @@
+"""Which signals are broadcast as which events, and which events this service receives.
+
+`broadcast()` connects a receiver that turns a signal's kwargs into a validated event
+and hands it to the publisher after the transaction commits. `subscribe()` records the
+local signal an incoming event is re-emitted on. While an incoming event is being
+re-emitted, `handling()` marks it, so that the re-emission is never published again and
+events its receivers fire carry it as their cause.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.models.signals import ModelSignal
+from django.dispatch import Signal
+from pydantic import BaseModel, ValidationError
+
+from broadcaster.envelope import Envelope
+from broadcaster.exceptions import (
+    HopLimitExceeded,
+    InvalidPayload,
+    MessageTooLarge,
+    RegistrationError,
+)
+from broadcaster.settings import get_settings
+
+__all__ = [
+    "Broadcast",
+    "OutboundMessage",
+    "Subscription",
+    "broadcast",
+    "broadcasts",
+    "current_envelope",
+    "handling",
+    "subscribe",
+    "subscriptions",
+]
+
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_SCHEMA_VERSION = re.compile(r"^(\d+)\.(\d+)$")
+DEFAULT_SCHEMA_VERSION = "1.0"
+
+# (signal being re-emitted, its envelope) while dispatching an incoming event.
+_handling: ContextVar[tuple[Signal, Envelope] | None] = ContextVar("broadcaster_handling", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """An event ready for the broker: its envelope and its payload JSON."""
+
+    envelope: Envelope
+    body: bytes
+
+    @property
+    def routing_key(self) -> str:
+        """Routing key on the topic exchange: the event type."""
+        return self.envelope.type
+
+
+@dataclass(frozen=True, eq=False)
+class Broadcast:
+    """The receiver that publishes one signal as one event."""
+
+    signal: Signal
+    event: str
+    schema: type[BaseModel]
+    sender: object
+    schema_version: str
+    accepted: frozenset[str]
+
+    def __call__(self, sender: object, **kwargs: Any) -> None:
+        current = _handling.get()
+        if current is not None and current[0] is self.signal and kwargs.get("envelope") is current[1]:
+            return  # a re-emission of a remote event: publishing it again would loop
+        message = self.message(sender, kwargs, cause=current[1] if current else None)
+        using = kwargs.get("using") or DEFAULT_DB_ALIAS
+        transaction.on_commit(lambda: _publish(message), using=using)
+
+    def message(self, sender: object, kwargs: dict[str, Any], cause: Envelope | None) -> OutboundMessage:
+        """Validate the signal's kwargs and wrap them in a new envelope."""
+        settings = get_settings()
+        if cause is not None and cause.hops + 1 > settings.max_hops:
+            raise HopLimitExceeded(self.event, cause.hops + 1, settings.max_hops)
+        data = {name: value for name, value in kwargs.items() if name in self.accepted}
+        try:
+            payload = self.schema.model_validate(data, from_attributes=True)
+        except ValidationError as exc:
+            raise InvalidPayload(self.event, _describe(exc)) from exc
+        body = self.schema.__pydantic_serializer__.to_json(payload)
+        if len(body) > settings.max_message_bytes:
+            raise MessageTooLarge(self.event, len(body), settings.max_message_bytes)
+        envelope = Envelope.new(
+            source=settings.service_name,
+            type=self.event,
+            subject=_label(sender),
+            schema_version=self.schema_version,
+            cause=cause,
+        )
+        return OutboundMessage(envelope, body)
+
+
+@dataclass(frozen=True, eq=False)
+class Subscription:
+    """An event this service receives and the local signal it is re-emitted on."""
+
+    event: str
+    schema: type[BaseModel]
+    signal: Signal
+    sender: object
+    schema_version: str
+
+    @property
+    def major(self) -> int:
+        """Major version of the schema; messages of another major are not read."""
+        return _major(self.schema_version)
+
+
+_broadcasts: dict[tuple[int, str, object], Broadcast] = {}
+_subscriptions: dict[str, Subscription] = {}
+
+
+def broadcast(signal: Signal, *, event: str, schema: type[BaseModel], sender: object = None) -> None:
+    """Publish every `send()` of `signal` (from `sender`, if given) as `event`.
+
+    The payload is ``schema.model_validate(kwargs, from_attributes=True)``; kwargs the
+    schema does not name are not sent. Calling it again with the same arguments does
+    nothing. For model signals `sender` may be a model class or ``"app_label.Model"``.
+    """
+    _check_event(event)
+    version = _schema_version(schema)
+    if isinstance(sender, str) and not isinstance(signal, ModelSignal):
+        raise RegistrationError(f"event {event!r}: a sender given as a string needs a model signal such as post_save")
+    key = (id(signal), event, sender)
+    if existing := _broadcasts.get(key):
+        if existing.schema is not schema:
+            raise RegistrationError(f"event {event!r} is already broadcast with schema {existing.schema.__qualname__}")
+        return
+    for other in _broadcasts.values():
+        if other.event == event and other.schema is not schema:
+            raise RegistrationError(f"event {event!r} is already broadcast with schema {other.schema.__qualname__}")
+    receiver = Broadcast(signal, event, schema, sender, version, _accepted_names(schema))
+    signal.connect(receiver, sender=sender, weak=False, dispatch_uid=f"broadcaster:{event}")
+    _broadcasts[key] = receiver
+
+
+def subscribe(event: str, *, schema: type[BaseModel], signal: Signal | None = None, sender: object = None) -> Signal:
+    """Re-emit incoming `event` on a local signal, which is returned (made when not given).
+
+    Receivers get ``sender`` (the schema class unless `sender` is given), ``envelope``
+    and the schema's fields as keyword arguments.
+    """
+    _check_event(event)
+    version = _schema_version(schema)
+    if existing := _subscriptions.get(event):
+        if existing.schema is schema and signal in (None, existing.signal):
+            return existing.signal
+        raise RegistrationError(f"event {event!r} is already subscribed with another schema or signal")
+    local = signal if signal is not None else Signal()
+    _subscriptions[event] = Subscription(event, schema, local, schema if sender is None else sender, version)
+    return local
+
+
+def broadcasts() -> list[Broadcast]:
+    """Every registered broadcast, in registration order."""
+    return list(_broadcasts.values())
+
+
+def subscriptions() -> dict[str, Subscription]:
+    """Every subscription of this process, by event type."""
+    return dict(_subscriptions)
+
+
+def current_envelope() -> Envelope | None:
+    """The envelope of the remote event being handled on this thread, if any."""
+    current = _handling.get()
+    return current[1] if current else None
+
+
+@contextmanager
+def handling(signal: Signal, envelope: Envelope) -> Iterator[None]:
+    """Mark `signal` as re-emitting the remote event of `envelope` for the block."""
+    token = _handling.set((signal, envelope))
+    try:
+        yield
+    finally:
+        _handling.reset(token)
+
+
+def _publish(message: OutboundMessage) -> None:
+    from broadcaster.publisher import get_publisher  # noqa: PLC0415 - publisher imports this module
+
+    get_publisher().publish(message)
+
+
+def _check_event(event: str) -> None:
+    if not _EVENT_NAME.match(event) or len(event) > 255:
+        raise RegistrationError(
+            f"event name {event!r} must be dot-separated words of letters, digits, '-' or '_' "
+            "(it is the routing key; wildcards are not allowed)"
+        )
+
+
+def _schema_version(schema: type[BaseModel]) -> str:
+    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        raise RegistrationError(f"schema must be a pydantic BaseModel subclass, not {schema!r}")
+    version = getattr(schema, "schema_version", DEFAULT_SCHEMA_VERSION)
+    if not isinstance(version, str) or not _SCHEMA_VERSION.match(version):
+        raise RegistrationError(
+            f"{schema.__qualname__}.schema_version must be a 'major.minor' string such as '1.0', not {version!r}"
+        )
+    return version
+
+
+def _major(version: str) -> int:
+    return int(version.split(".", 1)[0])
+
+
+def _accepted_names(schema: type[BaseModel]) -> frozenset[str]:
+    names = set(schema.model_fields)
+    for info in schema.model_fields.values():
+        names.update(alias for alias in (info.alias, info.validation_alias) if isinstance(alias, str))
+    return frozenset(names)
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    return [
+        f"field {'.'.join(str(part) for part in error['loc']) or '(payload)'!r}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def _label(sender: object) -> str | None:
+    if sender is None:
+        return None
+    meta = getattr(sender, "_meta", None)
+    if meta is not None and hasattr(meta, "label"):
+        return str(meta.label)
+    if isinstance(sender, type):
+        return f"{sender.__module__}.{sender.__qualname__}"
+    return str(sender)[:200]

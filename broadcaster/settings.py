@@ -1,0 +1,214 @@
+"""The BROADCASTER setting, read lazily and validated into a frozen model.
+
+Nothing here runs at import: `get_settings()` reads django.conf.settings on first use
+and caches the result until `setting_changed` fires for BROADCASTER, so
+`override_settings` works in tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
+
+from django.conf import settings as django_settings
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from broadcaster.exceptions import ConfigurationError
+
+__all__ = ["BroadcasterSettings", "SettingProblem", "get_settings", "reset", "validate"]
+
+BROKER_URL_ENV = "BROADCASTER_BROKER_URL"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class BroadcasterSettings(BaseModel):
+    """Validated BROADCASTER settings; the keys are the upper-case aliases."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    service_name: str = Field(
+        alias="SERVICE_NAME",
+        description="Names this service's queue and the `source` of its events.",
+    )
+    broker_url: str = Field(
+        "amqp://guest:guest@localhost:5672/%2F",
+        alias="BROKER_URL",
+        description=f"AMQP URL of the broker; the environment variable {BROKER_URL_ENV} wins.",
+    )
+    exchange: str = Field("signals", alias="EXCHANGE", description="Durable topic exchange events are published to.")
+    queue: str | None = Field(None, alias="QUEUE", description="The service queue; defaults to SERVICE_NAME.")
+    queue_type: Literal["classic", "quorum"] = Field(
+        "classic", alias="QUEUE_TYPE", description="Type of the queues the consumer declares."
+    )
+    prefetch: int = Field(
+        100,
+        alias="PREFETCH",
+        ge=1,
+        le=65535,
+        description="Unacknowledged messages a daemon holds at once.",
+    )
+    publish_timeout: float = Field(
+        5.0,
+        alias="PUBLISH_TIMEOUT",
+        gt=0,
+        description="Seconds send() may wait for room in a full publisher buffer before raising.",
+    )
+    max_buffer: int = Field(
+        10_000,
+        alias="MAX_BUFFER",
+        ge=1,
+        description="Messages the publisher holds unconfirmed before send() waits.",
+    )
+    shutdown_timeout: float = Field(
+        10.0,
+        alias="SHUTDOWN_TIMEOUT",
+        ge=0,
+        description="Seconds the process waits at exit for unconfirmed messages, and a daemon for the message in hand.",
+    )
+    retry_delays: tuple[float, ...] = Field(
+        (1.0, 10.0, 60.0, 300.0),
+        alias="RETRY_DELAYS",
+        description="Seconds before each redelivery of a message whose receiver raised; one attempt more than delays.",
+    )
+    max_hops: int = Field(
+        8,
+        alias="MAX_HOPS",
+        ge=1,
+        description="Longest causation chain of events caused by remote events.",
+    )
+    max_message_bytes: int = Field(
+        1_048_576,
+        alias="MAX_MESSAGE_BYTES",
+        ge=1024,
+        description="Largest payload published or consumed.",
+    )
+    heartbeat: int = Field(30, alias="HEARTBEAT", ge=0, description="AMQP heartbeat in seconds (0 turns it off).")
+    reconnect_max_delay: float = Field(
+        30.0,
+        alias="RECONNECT_MAX_DELAY",
+        gt=0,
+        description="Cap of the exponential back-off between reconnection attempts.",
+    )
+
+    @field_validator("service_name", "exchange", "queue")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and not _NAME.match(value):
+            raise ValueError("use 1-100 letters, digits, '.', '-' or '_', starting with a letter or digit")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ValueError("must be an amqp:// or amqps:// URL with a host")
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _check_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(delay <= 0 for delay in value):
+            raise ValueError("every delay must be a positive number of seconds")
+        return value
+
+    @property
+    def queue_name(self) -> str:
+        """The durable queue every instance of this service consumes from."""
+        return self.queue or self.service_name
+
+    @property
+    def max_attempts(self) -> int:
+        """Deliveries of one message before it is dead-lettered (first try plus retries)."""
+        return len(self.retry_delays) + 1
+
+    @property
+    def redacted_broker_url(self) -> str:
+        """The broker URL with its password replaced, safe for logs and errors."""
+        return redact_url(self.broker_url)
+
+
+def redact_url(url: str) -> str:
+    """Return `url` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = quote(unquote(parts.username or ""), safe="")
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
+
+
+@dataclass(frozen=True)
+class SettingProblem:
+    """One thing wrong with BROADCASTER, as a system check reports it."""
+
+    check_id: str
+    key: str
+    message: str
+
+
+# Each key gets its own system check id, so users and tests can silence or match one.
+_CHECK_IDS = {"SERVICE_NAME": "broadcaster.E002", "BROKER_URL": "broadcaster.E003"}
+_UNKNOWN_KEY_ID = "broadcaster.E004"
+_INVALID_VALUE_ID = "broadcaster.E005"
+_NOT_A_DICT_ID = "broadcaster.E001"
+
+_cached: BroadcasterSettings | None = None
+
+
+def _raw() -> dict[str, Any] | None:
+    raw = getattr(django_settings, "BROADCASTER", None)
+    if not isinstance(raw, dict):
+        return None
+    merged = dict(raw)
+    if env_url := os.environ.get(BROKER_URL_ENV):
+        merged["BROKER_URL"] = env_url
+    return merged
+
+
+def validate() -> tuple[BroadcasterSettings | None, list[SettingProblem]]:
+    """Read and validate BROADCASTER now; return the settings or what is wrong."""
+    raw = _raw()
+    if raw is None:
+        problem = SettingProblem(
+            _NOT_A_DICT_ID,
+            "BROADCASTER",
+            "settings.BROADCASTER must be a dict with at least SERVICE_NAME",
+        )
+        return None, [problem]
+    try:
+        return BroadcasterSettings.model_validate(raw), []
+    except ValidationError as exc:
+        return None, [_problem(error) for error in exc.errors(include_url=False)]
+
+
+def _problem(error: Any) -> SettingProblem:
+    key = str(error["loc"][0]) if error["loc"] else "BROADCASTER"
+    if error["type"] == "extra_forbidden":
+        return SettingProblem(_UNKNOWN_KEY_ID, key, f"BROADCASTER[{key!r}] is not a known setting")
+    check_id = _CHECK_IDS.get(key, _INVALID_VALUE_ID)
+    # Never echo a broker URL back: it may carry a password.
+    shown = "" if key == "BROKER_URL" else f" (got {error.get('input')!r})"
+    return SettingProblem(check_id, key, f"BROADCASTER[{key!r}]: {error['msg']}{shown}")
+
+
+def get_settings() -> BroadcasterSettings:
+    """Return the validated settings, reading them on first use."""
+    global _cached  # noqa: PLW0603 - the one lazily filled cache of this module
+    if _cached is None:
+        settings, problems = validate()
+        if settings is None:
+            raise ConfigurationError("; ".join(f"{p.message} [{p.check_id}]" for p in problems))
+        _cached = settings
+    return _cached
+
+
+def reset(**kwargs: Any) -> None:
+    """Forget the cached settings (connected to Django's `setting_changed`)."""
+    global _cached  # noqa: PLW0603
+    if kwargs.get("setting") in (None, "BROADCASTER"):
+        _cached = None

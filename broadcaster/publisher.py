@@ -212,7 +212,8 @@ class Publisher:
         self._buffer.extendleft(reversed(list(messages)))
 
     def _on_channel_closed(self, _channel: object, reason: Exception) -> None:
-        logger.warning("publisher channel closed: %s", reason)
+        if not self._closing:
+            logger.warning("publisher channel closed: %s", reason)
         if self._connection is not None and self._connection.is_open:
             self._connection.close()
 

@@ -80,7 +80,11 @@ class Broadcast:
             return  # a re-emission of a remote event: publishing it again would loop
         message = self.message(sender, kwargs, cause=current[1] if current else None)
         using = kwargs.get("using") or DEFAULT_DB_ALIAS
-        transaction.on_commit(lambda: _publish(message), using=using)
+        if transaction.get_connection(using).in_atomic_block:
+            transaction.on_commit(lambda: _publish(message), using=using)
+        else:
+            # What on_commit would do in autocommit mode, without opening a DB connection.
+            _publish(message)
 
     def message(self, sender: object, kwargs: dict[str, Any], cause: Envelope | None) -> OutboundMessage:
         """Validate the signal's kwargs and wrap them in a new envelope."""

@@ -1,0 +1,116 @@
+"""Fixtures shared by the library's tests: each test gets its own exchange on the real broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+
+from broadcaster import registry
+from broadcaster.publisher import reset_publisher
+from broadcaster.settings import get_settings
+from broadcaster.topology import Topology
+
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+@dataclass
+class Received:
+    """One raw message as a queue held it."""
+
+    routing_key: str
+    properties: pika.BasicProperties
+    body: bytes
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return dict(self.properties.headers or {})
+
+
+@dataclass
+class Broker:
+    """A pika connection plus the names this test owns, all deleted afterwards."""
+
+    exchange: str
+    queues: list[str] = field(default_factory=list)
+    _connection: pika.BlockingConnection | None = None
+
+    @property
+    def connection(self) -> pika.BlockingConnection:
+        """A connection of the test's own, made again if a fault test closed it."""
+        if self._connection is not None:
+            try:
+                self._connection.process_data_events(0)  # notices a close by the broker
+            except pika.exceptions.AMQPError:
+                self._connection = None
+        if self._connection is None:
+            self._connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+        return self._connection
+
+    def tap(self, pattern: str = "#") -> str:
+        """A queue bound to the test exchange, to see what the publisher sent."""
+        channel = self.connection.channel()
+        channel.exchange_declare(self.exchange, "topic", durable=True)
+        name = f"{self.exchange}.tap.{len(self.queues)}"
+        channel.queue_declare(name, auto_delete=False)
+        channel.queue_bind(name, self.exchange, pattern)
+        self.queues.append(name)
+        return name
+
+    def drain(self, queue: str) -> list[Received]:
+        channel = self.connection.channel()
+        messages = []
+        while True:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return messages
+            messages.append(Received(method.routing_key, properties, body))
+
+    def count(self, queue: str) -> int:
+        return int(self.connection.channel().queue_declare(queue, passive=True).method.message_count)
+
+    def publish(
+        self, routing_key: str, body: bytes, properties: pika.BasicProperties, exchange: str | None = None
+    ) -> None:
+        channel = self.connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(self.exchange if exchange is None else exchange, routing_key, body, properties)
+
+    def cleanup(self) -> None:
+        channel = self.connection.channel()
+        topology = Topology.for_settings(get_settings())
+        for name in [*self.queues, topology.queue, topology.dead_letter_queue, *topology.retry_queues]:
+            channel.queue_delete(name)
+        channel.exchange_delete(self.exchange)
+        self.connection.close()
+
+
+@pytest.fixture
+def broker(settings: Any) -> Iterator[Broker]:
+    """A unique exchange (set as BROADCASTER["EXCHANGE"]) and a connection to inspect it."""
+    exchange = f"test-{uuid.uuid4().hex[:12]}"
+    settings.BROADCASTER = {**settings.BROADCASTER, "EXCHANGE": exchange, "QUEUE": exchange}
+    broker = Broker(exchange)
+    yield broker
+    reset_publisher(timeout=5)
+    broker.cleanup()  # before `settings` restores BROADCASTER, so the names are this test's
+
+
+@pytest.fixture(autouse=True)
+def clean_registry() -> Iterator[None]:
+    """Registrations made by a test do not leak into the next one."""
+    broadcasts = dict(registry._broadcasts)
+    subscriptions = dict(registry._subscriptions)
+    yield
+    for key, receiver in list(registry._broadcasts.items()):
+        if key not in broadcasts:
+            receiver.signal.disconnect(receiver, sender=receiver.sender, dispatch_uid=f"broadcaster:{receiver.event}")
+    registry._broadcasts.clear()
+    registry._broadcasts.update(broadcasts)
+    registry._subscriptions.clear()
+    registry._subscriptions.update(subscriptions)

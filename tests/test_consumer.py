@@ -1,0 +1,192 @@
+"""The daemon re-emits events, acks only after receivers ran, retries, and dead-letters with reasons."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pika
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.dispatch import Signal
+from pydantic import BaseModel
+
+import broadcaster
+from broadcaster.consumer import Consumer
+from broadcaster.exceptions import BrokerUnavailable
+from broadcaster.registry import subscriptions
+from broadcaster.settings import get_settings
+from broadcaster.topology import Topology
+from tests.conftest import Broker
+
+
+class Shipped(BaseModel):
+    order_id: int
+    weight: Decimal
+
+
+shipped = Signal()
+
+
+@pytest.fixture
+def daemon(broker: Broker, settings: Any) -> Iterator[Callable[..., Consumer]]:
+    """Start a Consumer on a thread; stopped and joined at teardown."""
+    started: list[tuple[Consumer, threading.Thread]] = []
+
+    def start(**options: Any) -> Consumer:
+        consumer = Consumer(get_settings(), subscriptions(), **options)
+        thread = threading.Thread(target=consumer.run, daemon=True)
+        thread.start()
+        started.append((consumer, thread))
+        wait_for(lambda: consumer._connection is not None, "the consumer to connect")
+        return consumer
+
+    yield start
+    for consumer, thread in started:
+        consumer.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "consumer did not stop"
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def send_shipped(order_id: int) -> None:
+    shipped.send(sender=None, order_id=order_id, weight="1.5")
+    broadcaster.flush(10)
+
+
+@pytest.fixture
+def wired(settings: Any) -> list[dict[str, Any]]:
+    """`shipped` is broadcast as warehouse.shipped and re-emitted on a local signal here."""
+    settings.BROADCASTER = {**settings.BROADCASTER, "RETRY_DELAYS": [0.2, 0.3]}
+    broadcaster.broadcast(shipped, event="warehouse.shipped", schema=Shipped)
+    calls: list[dict[str, Any]] = []
+    local = broadcaster.subscribe("warehouse.shipped", schema=Shipped)
+    local.connect(lambda **kwargs: calls.append(kwargs), weak=False)
+    return calls
+
+
+def test_event_reaches_the_remote_receiver_and_is_acked(broker: Broker, daemon: Any, wired: list[Any]) -> None:
+    consumer = daemon()
+    send_shipped(1)
+    wait_for(lambda: wired, "the receiver")
+    assert wired[0]["order_id"] == 1
+    assert wired[0]["weight"] == Decimal("1.5")
+    assert wired[0]["envelope"].type == "warehouse.shipped"
+    wait_for(lambda: consumer.counts["acked"] == 1, "the ack")
+    assert broker.count(consumer.topology.queue) == 0
+
+
+def test_topology_is_declared(broker: Broker, daemon: Any, wired: list[Any]) -> None:
+    consumer = daemon()
+    topology = consumer.topology
+    assert topology.queue == broker.exchange
+    channel = broker.connection.channel()
+    for name in [topology.queue, topology.dead_letter_queue, *topology.retry_queues]:
+        channel.queue_declare(name, passive=True)  # raises if missing
+    assert topology.retry_queues == [f"{topology.queue}.retry.200ms", f"{topology.queue}.retry.300ms"]
+
+
+def test_failing_receiver_is_retried_then_dead_lettered_with_why(broker: Broker, daemon: Any, wired: list[Any]) -> None:
+    attempts: list[tuple[str, int]] = []
+
+    def flaky(envelope: broadcaster.Envelope, **_: object) -> None:
+        attempts.append((envelope.id, envelope.attempt))
+        raise RuntimeError("warehouse API down")
+
+    subscriptions()["warehouse.shipped"].signal.connect(flaky, weak=False)
+    consumer = daemon()
+    send_shipped(2)
+    topology = consumer.topology
+    wait_for(lambda: broker.count(topology.dead_letter_queue) == 1, "the dead letter")
+    assert [attempt for _, attempt in attempts] == [1, 2, 3]
+    assert len({envelope_id for envelope_id, _ in attempts}) == 1  # same event id every time
+    [dead] = broker.drain(topology.dead_letter_queue)
+    headers = dead.headers
+    assert headers["x-broadcaster-reason"] == "receiver-error"
+    assert headers["x-broadcaster-exception"] == "builtins.RuntimeError"
+    assert headers["x-broadcaster-error"] == "warehouse API down"
+    assert headers["x-broadcaster-attempts"] == 3
+    assert headers["x-broadcaster-routing-key"] == "warehouse.shipped"
+    assert headers["x-broadcaster-first-failure"] < headers["x-broadcaster-last-failure"]
+    assert dead.body == b'{"order_id":2,"weight":"1.5"}'
+    assert consumer.counts["retried"] == 2
+
+
+def test_bad_message_is_dead_lettered_and_the_daemon_goes_on(broker: Broker, daemon: Any, wired: list[Any]) -> None:
+    consumer = daemon()
+    broker.publish(
+        "warehouse.shipped", b"\x80\x04K\x01.", pika.BasicProperties(content_type="application/x-python-serialize")
+    )
+    send_shipped(3)
+    wait_for(lambda: wired, "the good event after the bad one")
+    [dead] = broker.drain(consumer.topology.dead_letter_queue)
+    assert dead.headers["x-broadcaster-reason"] == "content-type"
+    assert dead.body == b"\x80\x04K\x01."
+    assert broker.count(consumer.topology.queue) == 0
+
+
+def test_events_caused_by_a_receiver_carry_causation(broker: Broker, daemon: Any, wired: list[Any]) -> None:
+    invoiced = Signal()
+
+    class Invoiced(BaseModel):
+        order_id: int
+
+    broadcaster.broadcast(invoiced, event="billing.invoiced", schema=Invoiced)
+    subscriptions()["warehouse.shipped"].signal.connect(
+        lambda order_id, **_: invoiced.send(sender=None, order_id=order_id), weak=False
+    )
+    tap = broker.tap("billing.#")
+    daemon()
+    send_shipped(4)
+    wait_for(lambda: broker.count(tap) == 1, "the caused event")
+    [caused] = broker.drain(tap)
+    assert caused.headers["ce-causationid"] == wired[0]["envelope"].id
+    assert caused.headers["ce-hops"] == "1"
+
+
+def test_stop_finishes_the_message_in_hand(broker: Broker, daemon: Any, wired: list[Any]) -> None:
+    holder: list[Consumer] = []
+    finished = threading.Event()
+
+    def slow(**_: object) -> None:
+        holder[0].stop()  # as SIGTERM would, mid-receiver
+        time.sleep(0.3)
+        finished.set()
+
+    subscriptions()["warehouse.shipped"].signal.connect(slow, weak=False)
+    holder.append(daemon())
+    send_shipped(5)
+    wait_for(finished.is_set, "the receiver")
+    wait_for(lambda: holder[0]._connection is None, "the daemon to close")
+    assert holder[0].counts["acked"] == 1
+    assert broker.count(holder[0].topology.queue) == 0
+
+
+def test_max_messages_stops_the_daemon(broker: Broker, wired: list[Any]) -> None:
+    consumer = Consumer(get_settings(), subscriptions(), max_messages=2)
+    Topology.for_settings(get_settings()).declare(broker.connection.channel(), ["warehouse.shipped"])
+    for n in range(3):
+        send_shipped(n)
+    consumer.run()  # returns by itself
+    assert len(wired) == 2
+    assert broker.count(consumer.topology.queue) == 1
+
+
+def test_unreachable_broker_fails_fast_with_a_clear_message(settings: Any) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "BROKER_URL": "amqp://app:s3cret@127.0.0.1:1/%2F"}
+    with pytest.raises(BrokerUnavailable, match=r"amqp://app:\*\*\*@127\.0\.0\.1:1/") as caught:
+        Consumer(get_settings(), {}).run()
+    assert "s3cret" not in str(caught.value)
+    with pytest.raises(CommandError, match="cannot connect to the broker") as command_error:
+        call_command("consume_signals")
+    assert "s3cret" not in str(command_error.value)

@@ -1,0 +1,128 @@
+"""dispatch() re-emits a valid event on its local signal and says why anything else is rejected."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import pika
+import pytest
+from django.dispatch import Signal
+from pydantic import BaseModel
+
+import broadcaster
+from broadcaster.dispatch import Action, Outcome, dispatch
+from broadcaster.envelope import Envelope, properties_for
+from broadcaster.exceptions import HopLimitExceeded
+from broadcaster.registry import subscriptions
+from broadcaster.settings import get_settings
+
+
+class Paid(BaseModel):
+    schema_version: ClassVar[str] = "1.3"
+    invoice: int
+    amount: Decimal
+
+
+def run(body: bytes | str, properties: pika.BasicProperties | None = None, **envelope: Any) -> Outcome:
+    if properties is None:
+        properties = properties_for(Envelope.new(source="billing", type="billing.paid", schema_version="1.0"))
+        properties.headers.update({f"ce-{k}": str(v) for k, v in envelope.items()})
+    raw = body.encode() if isinstance(body, str) else body
+    return dispatch(properties, raw, settings=get_settings(), subscriptions=subscriptions(), attempt=1)
+
+
+@pytest.fixture
+def received() -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+    local = broadcaster.subscribe("billing.paid", schema=Paid)
+    local.connect(lambda **kwargs: calls.append(kwargs), weak=False)
+    return calls
+
+
+def test_valid_event_reaches_receivers_as_typed_kwargs(received: list[dict[str, Any]]) -> None:
+    outcome = run('{"invoice": 4, "amount": "12.50", "unknown_new_field": 1}')
+    assert outcome.action is Action.ACK
+    [call] = received
+    assert call["sender"] is Paid
+    assert call["invoice"] == 4
+    assert call["amount"] == Decimal("12.50")
+    assert call["envelope"].source == "billing"
+    assert call["envelope"] is outcome.envelope
+    assert "unknown_new_field" not in call
+
+
+def test_sender_can_be_overridden() -> None:
+    calls: list[object] = []
+    local = broadcaster.subscribe("billing.paid", schema=Paid, signal=Signal(), sender="billing")
+    local.connect(lambda sender, **_: calls.append(sender), weak=False)
+    assert run('{"invoice": 4, "amount": 1}').action is Action.ACK
+    assert calls == ["billing"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "reason"),
+    [
+        ("not json", {}, "not-json"),
+        ('{"invoice": "four", "amount": 1}', {}, "schema-violation"),
+        ("[]", {}, "schema-violation"),
+        ('{"invoice": 1, "amount": 1}', {"type": "billing.refunded"}, "unknown-event"),
+        ('{"invoice": 1, "amount": 1}', {"schemaversion": "2.0"}, "unsupported-schema-version"),
+        ('{"invoice": 1, "amount": 1}', {"schemaversion": "x.y"}, "unsupported-schema-version"),
+        ('{"invoice": 1, "amount": 1}', {"hops": "99"}, "hop-limit"),
+        ('{"invoice": 1, "amount": 1, "pad": "' + "x" * 2_000_000 + '"}', {}, "too-large"),
+        ("[" * 10_000 + "]" * 10_000, {}, "not-json"),  # nesting depth is bounded by the parser
+    ],
+)
+def test_bad_input_is_dead_lettered_with_a_reason_and_never_reaches_receivers(
+    received: list[dict[str, Any]], body: str, headers: dict[str, str], reason: str
+) -> None:
+    outcome = run(body, **headers)
+    assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, reason)
+    assert outcome.detail
+    assert received == []
+
+
+def test_missing_schema_version_is_read_as_the_current_one(received: list[dict[str, Any]]) -> None:
+    properties = pika.BasicProperties(
+        content_type="application/json",
+        headers={"ce-specversion": "1.0", "ce-id": "x", "ce-source": "other", "ce-type": "billing.paid"},
+    )
+    assert run('{"invoice": 1, "amount": 1}', properties).action is Action.ACK
+    assert received[0]["envelope"].schema_version is None
+
+
+def test_structured_mode_is_dispatched(received: list[dict[str, Any]]) -> None:
+    document = {
+        "specversion": "1.0",
+        "id": "s-1",
+        "source": "x",
+        "type": "billing.paid",
+        "data": {"invoice": 2, "amount": 0.1},
+    }
+    properties = pika.BasicProperties(content_type="application/cloudevents+json")
+    assert run(json.dumps(document), properties).action is Action.ACK
+    assert received[0]["amount"] == Decimal("0.1")
+    assert received[0]["envelope"].id == "s-1"
+
+
+def test_receiver_exception_asks_for_a_retry() -> None:
+    def explode(**_: object) -> None:
+        raise ValueError("ledger locked")
+
+    broadcaster.subscribe("billing.paid", schema=Paid).connect(explode, weak=False)
+    outcome = run('{"invoice": 1, "amount": 1}')
+    assert outcome.action is Action.RETRY
+    assert outcome.reason == "receiver-error"
+    assert outcome.exception == "builtins.ValueError"
+    assert outcome.detail == "ledger locked"
+
+
+def test_hop_limit_in_a_receiver_is_dead_lettered_at_once() -> None:
+    def cycle(**_: object) -> None:
+        raise HopLimitExceeded("billing.paid", 9, 8)
+
+    broadcaster.subscribe("billing.paid", schema=Paid).connect(cycle, weak=False)
+    outcome = run('{"invoice": 1, "amount": 1}')
+    assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "hop-limit")

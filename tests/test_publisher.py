@@ -1,0 +1,141 @@
+"""The publisher confirms every event, keeps order, never blocks a caller for long, and survives forks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from broadcaster.envelope import Envelope
+from broadcaster.exceptions import FlushTimeout, PublishBufferFull
+from broadcaster.publisher import Publisher, get_publisher
+from broadcaster.registry import OutboundMessage
+from broadcaster.settings import BroadcasterSettings, get_settings
+from tests.conftest import Broker
+
+UNREACHABLE = "amqp://guest:s3cret@127.0.0.1:1/%2F"
+
+
+def message(n: int, event: str = "tests.numbered") -> OutboundMessage:
+    return OutboundMessage(Envelope.new(source="tests", type=event), json.dumps({"n": n}).encode())
+
+
+def numbers(broker: Broker, queue: str) -> list[int]:
+    return [json.loads(m.body)["n"] for m in broker.drain(queue)]
+
+
+def unreachable_settings(**changes: Any) -> BroadcasterSettings:
+    return get_settings().model_copy(update={"broker_url": UNREACHABLE, **changes})
+
+
+def test_every_event_is_confirmed_and_arrives_in_order(broker: Broker) -> None:
+    tap = broker.tap()
+    publisher = get_publisher()
+    for n in range(2000):
+        publisher.publish(message(n))
+    publisher.flush(20)
+    assert publisher.pending == 0
+    assert numbers(broker, tap) == list(range(2000))
+
+
+def test_publish_does_not_wait_for_the_broker() -> None:
+    publisher = Publisher(unreachable_settings())
+    started = time.perf_counter()
+    for n in range(100):
+        publisher.publish(message(n))
+    assert time.perf_counter() - started < 0.5
+    assert publisher.pending == 100
+    with pytest.raises(FlushTimeout, match="100 message"):
+        publisher.flush(0.3)
+    publisher._closing = True  # let the I/O thread give up reconnecting
+
+
+def test_full_buffer_raises_within_publish_timeout_without_leaking_the_password() -> None:
+    publisher = Publisher(unreachable_settings(max_buffer=5, publish_timeout=0.3))
+    for n in range(5):
+        publisher.publish(message(n))
+    started = time.perf_counter()
+    with pytest.raises(PublishBufferFull) as caught:
+        publisher.publish(message(5))
+    assert 0.25 < time.perf_counter() - started < 2
+    assert "MAX_BUFFER=5" in str(caught.value)
+    assert "PUBLISH_TIMEOUT" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert publisher.pending == 5  # what was taken is kept
+    publisher._closing = True
+
+
+def test_forked_child_gets_its_own_publisher(broker: Broker) -> None:
+    tap = broker.tap()
+    parent = get_publisher()
+    parent.publish(message(1))
+    parent.flush(10)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 0
+        try:
+            child = get_publisher()
+            code = 3 if child is parent else 0
+            child.publish(message(2))
+            child.flush(10)
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(numbers(broker, tap)) == [1, 2]
+
+
+def test_process_flushes_at_exit(broker: Broker) -> None:
+    tap = broker.tap()
+    script = textwrap.dedent(f"""
+        import django
+        from django.conf import settings
+        settings.configure(INSTALLED_APPS=["broadcaster"],
+                           BROADCASTER={{"SERVICE_NAME": "exiting", "EXCHANGE": "{broker.exchange}"}})
+        django.setup()
+        from django.dispatch import Signal
+        from pydantic import BaseModel
+        import broadcaster
+
+        class N(BaseModel):
+            n: int
+
+        signal = Signal()
+        broadcaster.broadcast(signal, event="tests.numbered", schema=N)
+        for n in range(500):
+            signal.send(sender=None, n=n)
+        # no flush(): the exit hook must deliver them
+    """)
+    env = {**os.environ, "BROADCASTER_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/%2F"}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
+    assert numbers(broker, tap) == list(range(500))
+
+
+@pytest.mark.faults
+def test_nothing_is_lost_when_the_broker_closes_every_connection_mid_burst(broker: Broker) -> None:
+    tap = broker.tap()
+    publisher = get_publisher()
+    total = 20_000
+    fault = threading.Thread(
+        target=subprocess.run, args=(["rabbitmqctl", "-q", "close_all_connections", "fault test"],)
+    )
+    for n in range(total):
+        publisher.publish(message(n))
+        if n == 500:
+            fault.start()
+        if n % 1000 == 0:
+            time.sleep(0.05)  # spread the burst over the time rabbitmqctl needs to act
+    fault.join(60)
+    publisher.flush(60)
+    received = numbers(broker, tap)
+    assert set(received) == set(range(total)), "lost events"
+    duplicates = len(received) - total
+    print(f"close_all_connections during {total} events: 0 lost, {duplicates} duplicated")

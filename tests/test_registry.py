@@ -1,0 +1,192 @@
+"""broadcast() publishes a signal's validated kwargs after commit; subscribe() records re-emission."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import pytest
+from django.db import transaction
+from django.db.models.signals import post_save
+from django.dispatch import Signal
+from pydantic import BaseModel, ConfigDict, Field
+
+import broadcaster
+from broadcaster.envelope import Envelope
+from broadcaster.exceptions import HopLimitExceeded, InvalidPayload, MessageTooLarge, RegistrationError
+from broadcaster.registry import handling, subscriptions
+from tests.conftest import Broker
+from tests.testapp.models import Article
+
+
+class OrderLine(BaseModel):
+    sku: str
+    quantity: int = Field(gt=0)
+
+
+class OrderPlaced(BaseModel):
+    schema_version: ClassVar[str] = "2.1"
+    order_id: int
+    total: Decimal
+    lines: list[OrderLine]
+
+
+class ArticleSnapshot(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    title: str
+
+
+class ArticleSaved(BaseModel):
+    instance: ArticleSnapshot
+    created: bool
+
+
+order_placed = Signal()
+LINES = [{"sku": "A-1", "quantity": 2}]
+
+
+def publish_and_read(broker: Broker, send: Any) -> list[dict[str, Any]]:
+    tap = broker.tap()
+    send()
+    broadcaster.flush(10)
+    return [{"key": m.routing_key, "headers": m.headers, "body": json.loads(m.body)} for m in broker.drain(tap)]
+
+
+def test_custom_signal_is_published_with_only_the_schema_fields(broker: Broker) -> None:
+    broadcaster.broadcast(order_placed, event="orders.order_placed", schema=OrderPlaced)
+    [message] = publish_and_read(
+        broker, lambda: order_placed.send(sender=None, order_id=7, total="9.90", lines=LINES, secret="x")
+    )
+    assert message["key"] == "orders.order_placed"
+    assert message["body"] == {"order_id": 7, "total": "9.90", "lines": LINES}
+    assert message["headers"]["ce-schemaversion"] == "2.1"
+    assert message["headers"]["ce-source"] == "tests"
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("sender", [Article, "testapp.Article"])
+def test_model_signal_carries_the_instance(broker: Broker, sender: object) -> None:
+    broadcaster.broadcast(post_save, sender=sender, event="tests.article_saved", schema=ArticleSaved)
+    [message] = publish_and_read(broker, lambda: Article.objects.create(title="Hello"))
+    assert message["body"]["created"] is True
+    assert message["body"]["instance"]["title"] == "Hello"
+    assert message["headers"]["ce-subject"] == "testapp.Article"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nothing_is_published_before_commit_or_after_rollback(broker: Broker) -> None:
+    broadcaster.broadcast(order_placed, event="orders.order_placed", schema=OrderPlaced)
+    tap = broker.tap()
+    with transaction.atomic():
+        order_placed.send(sender=None, order_id=1, total=1, lines=LINES)
+        broadcaster.flush(5)
+        assert broker.count(tap) == 0  # still inside the transaction
+    broadcaster.flush(5)
+    assert broker.count(tap) == 1
+
+    def place_then_fail() -> None:
+        with transaction.atomic():
+            order_placed.send(sender=None, order_id=2, total=1, lines=LINES)
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        place_then_fail()
+    broadcaster.flush(5)
+    assert [json.loads(m.body)["order_id"] for m in broker.drain(tap)] == [1]
+
+
+def test_invalid_kwargs_raise_in_the_caller_naming_event_and_field(broker: Broker) -> None:
+    broadcaster.broadcast(order_placed, event="orders.order_placed", schema=OrderPlaced)
+    tap = broker.tap()
+    with pytest.raises(InvalidPayload) as caught:
+        order_placed.send(sender=None, order_id="seven", total=1, lines=[{"sku": "A", "quantity": 0}])
+    text = str(caught.value)
+    assert "orders.order_placed" in text
+    assert "'order_id'" in text
+    assert "'lines.0.quantity'" in text
+    broadcaster.flush(5)
+    assert broker.count(tap) == 0
+
+
+def test_registration_is_idempotent(broker: Broker) -> None:
+    for _ in range(3):
+        broadcaster.broadcast(order_placed, event="orders.order_placed", schema=OrderPlaced)
+    messages = publish_and_read(broker, lambda: order_placed.send(sender=None, order_id=1, total=1, lines=LINES))
+    assert len(messages) == 1
+
+
+def test_conflicting_registrations_are_refused() -> None:
+    broadcaster.broadcast(order_placed, event="orders.order_placed", schema=OrderPlaced)
+    with pytest.raises(RegistrationError, match="already broadcast with schema OrderPlaced"):
+        broadcaster.broadcast(order_placed, event="orders.order_placed", schema=ArticleSaved)
+    with pytest.raises(RegistrationError, match="needs a model signal"):
+        broadcaster.broadcast(order_placed, sender="testapp.Article", event="a.b", schema=OrderPlaced)
+    with pytest.raises(RegistrationError, match="wildcards"):
+        broadcaster.broadcast(order_placed, event="orders.#", schema=OrderPlaced)
+    with pytest.raises(RegistrationError, match="pydantic BaseModel"):
+        broadcaster.broadcast(order_placed, event="a.b", schema=dict)  # type: ignore[arg-type]
+
+
+def test_schema_version_must_be_major_minor() -> None:
+    class Bad(BaseModel):
+        schema_version: ClassVar[str] = "v2"
+
+    with pytest.raises(RegistrationError, match=r"Bad.schema_version must be a 'major.minor'"):
+        broadcaster.subscribe("a.b", schema=Bad)
+
+
+def test_oversized_payload_raises_in_the_caller(settings: Any, broker: Broker) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "MAX_MESSAGE_BYTES": 1024}
+    broadcaster.broadcast(order_placed, event="orders.order_placed", schema=OrderPlaced)
+    with pytest.raises(MessageTooLarge, match="MAX_MESSAGE_BYTES"):
+        order_placed.send(sender=None, order_id=1, total=1, lines=[{"sku": "X" * 2000, "quantity": 1}])
+
+
+def test_reemitted_signal_is_not_published_again_but_caused_events_carry_the_chain(broker: Broker) -> None:
+    broadcaster.broadcast(order_placed, event="orders.order_placed", schema=OrderPlaced)
+    remote = broadcaster.subscribe("orders.order_placed", schema=OrderPlaced, signal=order_placed)
+    follow_up = Signal()
+    broadcaster.broadcast(follow_up, event="orders.follow_up", schema=OrderPlaced)
+    remote.connect(lambda **kw: follow_up.send(sender=None, order_id=kw["order_id"], total=1, lines=LINES), weak=False)
+    cause = Envelope.new(source="elsewhere", type="orders.order_placed")
+    cause = Envelope(**{**{n: getattr(cause, n) for n in Envelope.__slots__}, "hops": 2})  # type: ignore[arg-type]
+
+    def reemit() -> None:
+        with handling(order_placed, cause):
+            order_placed.send(sender=OrderPlaced, envelope=cause, order_id=5, total=1, lines=[])
+
+    [message] = publish_and_read(broker, reemit)
+    assert message["key"] == "orders.follow_up"
+    assert message["headers"]["ce-causationid"] == cause.id
+    assert message["headers"]["ce-hops"] == "3"
+
+
+def test_hop_limit_stops_a_cycle(settings: Any, broker: Broker) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "MAX_HOPS": 2}
+    broadcaster.broadcast(order_placed, event="orders.order_placed", schema=OrderPlaced)
+    cause = Envelope.new(source="elsewhere", type="x.y")
+    cause = Envelope(**{**{n: getattr(cause, n) for n in Envelope.__slots__}, "hops": 2})  # type: ignore[arg-type]
+    with pytest.raises(HopLimitExceeded, match="MAX_HOPS"), handling(Signal(), cause):
+        order_placed.send(sender=None, order_id=1, total=1, lines=LINES)
+
+
+def test_subscribe_makes_and_returns_a_signal_once() -> None:
+    local = broadcaster.subscribe("orders.order_placed", schema=OrderPlaced)
+    assert isinstance(local, Signal)
+    assert broadcaster.subscribe("orders.order_placed", schema=OrderPlaced) is local
+    assert subscriptions()["orders.order_placed"].sender is OrderPlaced
+    with pytest.raises(RegistrationError):
+        broadcaster.subscribe("orders.order_placed", schema=ArticleSaved)
+
+
+def test_datetime_fields_are_rfc3339(broker: Broker) -> None:
+    class Stamped(BaseModel):
+        at: datetime
+
+    stamped = Signal()
+    broadcaster.broadcast(stamped, event="t.stamped", schema=Stamped)
+    [message] = publish_and_read(broker, lambda: stamped.send(sender=None, at=datetime(2026, 1, 1, 12)))
+    assert message["body"] == {"at": "2026-01-01T12:00:00"}

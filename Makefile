@@ -3,14 +3,25 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The oldest supported Django LTS gets a venv of its own for the unit tests.
+VENV42 := .venv-django42
+STAMP42 := $(VENV42)/.installed
 
-.PHONY: demo test lint typecheck unit faults services bench clean
+.PHONY: demo test lint typecheck suite django42 faults services bench clean
+
+# $(call venv,DIR,EXTRA-REQUIREMENTS): a venv with the project and its dev extras.
+define venv
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet -e '.[dev]' $(2)
+	touch $(1)/.installed
+endef
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	$(call venv,$(VENV),)
+
+$(STAMP42): pyproject.toml
+	$(call venv,$(VENV42),'Django~=4.2.0')
 
 services:
 	@scripts/ensure-services.sh
@@ -19,19 +30,22 @@ demo: $(STAMP) services
 	$(BIN)/python services/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check broadcaster schemas services tests scripts
-	$(BIN)/ruff format --check broadcaster schemas services tests scripts
+	$(BIN)/ruff check broadcaster schemas services tests
+	$(BIN)/ruff format --check broadcaster schemas services tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy broadcaster schemas
 
-unit: $(STAMP) services
+suite: $(STAMP) services
 	$(BIN)/pytest -m "not faults"
+
+django42: $(STAMP42) services
+	$(VENV42)/bin/pytest -m "not faults" --ignore=tests/integration -q
 
 faults: $(STAMP) services
 	$(BIN)/pytest -m faults
 
-test: lint typecheck unit faults
+test: lint typecheck suite django42 faults
 
 clean:
-	rm -rf $(VENV) services/.data .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VENV42) services/.data .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 
 import pika
 import pika.exceptions
+from django.db import close_old_connections
 
 from broadcaster import connection, publisher
 from broadcaster.dispatch import Action, Outcome, dispatch
@@ -32,6 +34,7 @@ __all__ = ["Consumer"]
 logger = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-broadcaster-attempt"
+_INBOX_PRUNE_EVERY = 3600.0
 _HEADER = "x-broadcaster-"
 _ERROR_TEXT_LIMIT = 1000
 _CONNECTION_ERRORS = (
@@ -75,6 +78,7 @@ class Consumer:
         self._stop = threading.Event()
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
+        self._last_prune: float | None = None
 
     @property
     def handled(self) -> int:
@@ -103,6 +107,7 @@ class Consumer:
         )
         failures = 0
         while not self._stop.is_set():
+            self._prune_inbox_now_and_then()
             try:
                 if self._connection is None:
                     self._connect()
@@ -118,6 +123,18 @@ class Consumer:
                 self._stop.wait(delay)
         self._close()
         logger.info("consume_signals: stopped after %d message(s) (%s)", self.handled, self._summary())
+
+    def _prune_inbox_now_and_then(self) -> None:
+        if not any(sub.inbox for sub in self.subscriptions.values()):
+            return
+        now = time.monotonic()
+        if self._last_prune is not None and now - self._last_prune < _INBOX_PRUNE_EVERY:
+            return
+        self._last_prune = now
+        from broadcaster import inbox  # noqa: PLC0415 - models load only once apps are ready
+
+        if pruned := inbox.prune(self.settings.inbox_retention):
+            logger.info("consume_signals: pruned %d inbox row(s) older than INBOX_RETENTION", pruned)
 
     def _summary(self) -> str:
         return ", ".join(f"{name} {count}" for name, count in sorted(self.counts.items())) or "none"
@@ -144,6 +161,8 @@ class Consumer:
     def _on_message(self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
         if self._stop.is_set():
             return  # left unacked: the broker redelivers it when the channel closes
+        # As Django does around each request: a daemon lives for days, its DB connections must not.
+        close_old_connections()
         delivery = _Delivery(method, properties, body, _attempt(properties))
         outcome = dispatch(
             properties, body, settings=self.settings, subscriptions=self.subscriptions, attempt=delivery.attempt

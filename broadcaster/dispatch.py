@@ -122,9 +122,17 @@ def _validate(subscription: Subscription, message: IncomingMessage) -> dict[str,
 
 
 def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]) -> Outcome:
-    try:
+    def receivers() -> None:
         with handling(subscription.signal, envelope):
             subscription.signal.send(sender=subscription.sender, envelope=envelope, **fields)
+
+    try:
+        if subscription.inbox:
+            from broadcaster import inbox  # noqa: PLC0415 - models load only once apps are ready
+
+            inbox.run_once(envelope, receivers)
+        else:
+            receivers()
     except HopLimitExceeded as exc:
         # Retrying a cycle only repeats it.
         return Outcome(Action.DEAD_LETTER, envelope, "hop-limit", str(exc), type(exc).__qualname__)

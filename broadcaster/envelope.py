@@ -20,7 +20,7 @@ import pika
 
 from broadcaster.exceptions import RejectedMessage
 
-__all__ = ["Envelope", "IncomingMessage", "decode", "properties_for"]
+__all__ = ["Envelope", "IncomingMessage", "decode", "envelope_from_headers", "properties_for"]
 
 SPECVERSION = "1.0"
 JSON = "application/json"
@@ -89,6 +89,11 @@ class Envelope:
         }
         headers.update({key: value for key, value in optional.items() if value is not None})
         return headers
+
+
+def envelope_from_headers(headers: Mapping[str, Any]) -> Envelope:
+    """Rebuild an envelope from the ``ce-`` headers it wrote (as the outbox stores them)."""
+    return _envelope(_binary(headers), attempt=1)
 
 
 def properties_for(envelope: Envelope) -> pika.BasicProperties:

@@ -80,7 +80,9 @@ class Broadcast:
             return  # a re-emission of a remote event: publishing it again would loop
         message = self.message(sender, kwargs, cause=current[1] if current else None)
         using = kwargs.get("using") or DEFAULT_DB_ALIAS
-        if transaction.get_connection(using).in_atomic_block:
+        if get_settings().publish_mode == "outbox":
+            _store_in_outbox(message, using)
+        elif transaction.get_connection(using).in_atomic_block:
             transaction.on_commit(lambda: _publish(message), using=using)
         else:
             # What on_commit would do in autocommit mode, without opening a DB connection.
@@ -118,6 +120,7 @@ class Subscription:
     signal: Signal
     sender: object
     schema_version: str
+    inbox: bool = False
 
     @property
     def major(self) -> int:
@@ -153,20 +156,29 @@ def broadcast(signal: Signal, *, event: str, schema: type[BaseModel], sender: ob
     _broadcasts[key] = receiver
 
 
-def subscribe(event: str, *, schema: type[BaseModel], signal: Signal | None = None, sender: object = None) -> Signal:
+def subscribe(
+    event: str,
+    *,
+    schema: type[BaseModel],
+    signal: Signal | None = None,
+    sender: object = None,
+    inbox: bool = False,
+) -> Signal:
     """Re-emit incoming `event` on a local signal, which is returned (made when not given).
 
     Receivers get ``sender`` (the schema class unless `sender` is given), ``envelope``
-    and the schema's fields as keyword arguments.
+    and the schema's fields as keyword arguments. With `inbox`, the receivers run in one
+    transaction with a record of the envelope id, so a redelivery does not repeat them.
     """
     _check_event(event)
     version = _schema_version(schema)
     if existing := _subscriptions.get(event):
-        if existing.schema is schema and signal in (None, existing.signal):
+        if existing.schema is schema and signal in (None, existing.signal) and existing.inbox == inbox:
             return existing.signal
-        raise RegistrationError(f"event {event!r} is already subscribed with another schema or signal")
+        raise RegistrationError(f"event {event!r} is already subscribed with another schema, signal or inbox")
     local = signal if signal is not None else Signal()
-    _subscriptions[event] = Subscription(event, schema, local, schema if sender is None else sender, version)
+    sender = schema if sender is None else sender
+    _subscriptions[event] = Subscription(event, schema, local, sender, version, inbox)
     return local
 
 
@@ -200,6 +212,13 @@ def _publish(message: OutboundMessage) -> None:
     from broadcaster.publisher import get_publisher  # noqa: PLC0415 - publisher imports this module
 
     get_publisher().publish(message)
+
+
+def _store_in_outbox(message: OutboundMessage, using: str) -> None:
+    from broadcaster import outbox  # noqa: PLC0415 - models load only once apps are ready
+
+    outbox.store(message, using)
+    transaction.on_commit(lambda: outbox.wake(using), using=using)
 
 
 def _check_event(event: str) -> None:

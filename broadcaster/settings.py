@@ -86,6 +86,24 @@ class BroadcasterSettings(BaseModel):
         description="Largest payload published or consumed.",
     )
     heartbeat: int = Field(30, alias="HEARTBEAT", ge=0, description="AMQP heartbeat in seconds (0 turns it off).")
+    publish_mode: Literal["on_commit", "outbox"] = Field(
+        "on_commit",
+        alias="PUBLISH_MODE",
+        description="on_commit: hand events to the publisher after commit; outbox: store them in the "
+        "same transaction and let a relay publish them.",
+    )
+    outbox_batch: int = Field(
+        500, alias="OUTBOX_BATCH", ge=1, description="Outbox rows a relay publishes per transaction."
+    )
+    outbox_poll_interval: float = Field(
+        1.0, alias="OUTBOX_POLL_INTERVAL", gt=0, description="Seconds between outbox polls of an idle relay."
+    )
+    outbox_retention: float = Field(
+        7 * 86400.0, alias="OUTBOX_RETENTION", ge=0, description="Seconds published outbox rows are kept."
+    )
+    inbox_retention: float = Field(
+        7 * 86400.0, alias="INBOX_RETENTION", ge=0, description="Seconds inbox rows (handled event ids) are kept."
+    )
     reconnect_max_delay: float = Field(
         30.0,
         alias="RECONNECT_MAX_DELAY",

@@ -1,0 +1,54 @@
+"""What the long-running commands (consume_signals, relay_outbox) share: signals and logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+__all__ = ["log_to_stderr_unless_configured", "stop_on_signals"]
+
+logger = logging.getLogger("broadcaster.daemon")
+
+
+def stop_on_signals(name: str, stop: Callable[[], None], timeout: float) -> None:
+    """On SIGTERM/SIGINT call `stop`; exit at once on a second signal or after `timeout` s.
+
+    The hard exit leaves the message in hand unacked, so the broker delivers it again:
+    nothing is lost, and a hung receiver cannot keep a deployment waiting forever.
+    """
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if received:
+            logger.warning("%s: second signal, exiting at once", name)
+            os._exit(1)
+        received.append(signum)
+        logger.info("%s: %s received, stopping after the work in hand", name, signal.Signals(signum).name)
+        deadline = threading.Timer(timeout, _give_up, args=(name, timeout))
+        deadline.daemon = True
+        deadline.start()
+        stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+def _give_up(name: str, timeout: float) -> None:
+    logger.error("%s: still busy %g s after the stop signal (SHUTDOWN_TIMEOUT); exiting", name, timeout)
+    logging.shutdown()
+    os._exit(1)
+
+
+def log_to_stderr_unless_configured() -> None:
+    """Make the start/stop/failure lines visible even where LOGGING leaves them out."""
+    package = logging.getLogger("broadcaster")
+    if not package.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)

@@ -7,9 +7,11 @@ can run the same path without a broker.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pika
@@ -88,27 +90,33 @@ def _verify(
             "hop-limit",
             f"event travelled {envelope.hops} hops, more than MAX_HOPS ({settings.max_hops})",
         )
-    _check_version(envelope, subscription)
     return message, subscription
 
 
-def _check_version(envelope: Envelope, subscription: Subscription) -> None:
+def _major(envelope: Envelope, subscription: Subscription) -> int:
+    """The payload's major version, if this subscription can read it."""
     version = envelope.schema_version
     if version is None:
-        return  # other CloudEvents producers do not send one: read as our current version
-    major = version.split(".", 1)[0]
-    if not major.isdigit() or int(major) != subscription.major:
+        return subscription.major  # other CloudEvents producers send none: read as ours
+    head = version.split(".", 1)[0]
+    major = int(head) if head.isdigit() and len(head) < 6 else None
+    missing = [] if major is None else [k for k in range(major, subscription.major) if k not in subscription.upcasters]
+    if major is None or major > subscription.major or missing:
+        why = f"no upcaster from major version {missing[0]}" if missing else f"it reads major {subscription.major}"
         raise RejectedMessage(
             "unsupported-schema-version",
-            f"schema version {version[:20]!r} of {envelope.type!r} cannot be read by this "
-            f"service (it reads major version {subscription.major})",
+            f"schema version {version[:20]!r} of {envelope.type!r} cannot be read by this service ({why})",
         )
+    return major
 
 
 def _validate(subscription: Subscription, message: IncomingMessage) -> dict[str, Any]:
     schema = subscription.schema
+    major = _major(message.envelope, subscription)
     try:
-        if isinstance(message.data, bytes):
+        if major < subscription.major:
+            payload = schema.model_validate(_upcast(subscription, major, message.data))
+        elif isinstance(message.data, bytes):
             payload = schema.model_validate_json(message.data)
         else:
             payload = schema.model_validate(message.data)
@@ -119,6 +127,26 @@ def _validate(subscription: Subscription, message: IncomingMessage) -> dict[str,
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(payload)'}: {e['msg']}" for e in errors[:10])
         raise RejectedMessage("schema-violation", f"{subscription.event}: {detail}") from exc
     return {name: getattr(payload, name) for name in type(payload).model_fields}
+
+
+def _upcast(subscription: Subscription, major: int, data: bytes | object) -> object:
+    """Bring an older payload up to the subscription's major, one upcaster at a time."""
+    if isinstance(data, bytes):
+        try:
+            data = json.loads(data, parse_float=Decimal)
+        except (ValueError, RecursionError) as exc:
+            raise RejectedMessage("not-json", f"body is not valid JSON: {exc}") from exc
+    for version in range(major, subscription.major):
+        if not isinstance(data, dict):
+            raise RejectedMessage("schema-violation", f"{subscription.event}: a v{version} payload is not an object")
+        try:
+            data = subscription.upcasters[version](data)
+        except Exception as exc:
+            # An upcaster that fails on this payload fails on every retry too.
+            raise RejectedMessage(
+                "upcast-failed", f"upcaster from v{version} raised {type(exc).__qualname__}: {exc}"
+            ) from exc
+    return data
 
 
 def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]) -> Outcome:

@@ -10,10 +10,11 @@ events its receivers fire carry it as their cause.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, transaction
@@ -34,6 +35,7 @@ __all__ = [
     "Broadcast",
     "OutboundMessage",
     "Subscription",
+    "Upcaster",
     "broadcast",
     "broadcasts",
     "current_envelope",
@@ -45,6 +47,8 @@ __all__ = [
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _SCHEMA_VERSION = re.compile(r"^(\d+)\.(\d+)$")
 DEFAULT_SCHEMA_VERSION = "1.0"
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 # (signal being re-emitted, its envelope) while dispatching an incoming event.
 _handling: ContextVar[tuple[Signal, Envelope] | None] = ContextVar("broadcaster_handling", default=None)
@@ -121,6 +125,7 @@ class Subscription:
     sender: object
     schema_version: str
     inbox: bool = False
+    upcasters: Mapping[int, Upcaster] = field(default_factory=dict)
 
     @property
     def major(self) -> int:
@@ -163,23 +168,39 @@ def subscribe(
     signal: Signal | None = None,
     sender: object = None,
     inbox: bool = False,
+    upcasters: Mapping[int, Upcaster] | None = None,
 ) -> Signal:
     """Re-emit incoming `event` on a local signal, which is returned (made when not given).
 
     Receivers get ``sender`` (the schema class unless `sender` is given), ``envelope``
     and the schema's fields as keyword arguments. With `inbox`, the receivers run in one
     transaction with a record of the envelope id, so a redelivery does not repeat them.
+    `upcasters` maps an older major version N to a function that turns a version N
+    payload (a dict) into a version N+1 one; messages of the same major are read as they
+    are, fields this service does not know being ignored.
     """
     _check_event(event)
     version = _schema_version(schema)
+    chain = _check_upcasters(event, _major(version), upcasters or {})
     if existing := _subscriptions.get(event):
-        if existing.schema is schema and signal in (None, existing.signal) and existing.inbox == inbox:
+        same = existing.schema is schema and existing.inbox == inbox and dict(existing.upcasters) == chain
+        if same and signal in (None, existing.signal):
             return existing.signal
-        raise RegistrationError(f"event {event!r} is already subscribed with another schema, signal or inbox")
+        raise RegistrationError(f"event {event!r} is already subscribed with another schema, signal or options")
     local = signal if signal is not None else Signal()
     sender = schema if sender is None else sender
-    _subscriptions[event] = Subscription(event, schema, local, sender, version, inbox)
+    _subscriptions[event] = Subscription(event, schema, local, sender, version, inbox, MappingProxyType(chain))
     return local
+
+
+def _check_upcasters(event: str, major: int, upcasters: Mapping[int, Upcaster]) -> dict[int, Upcaster]:
+    for version, upcaster in upcasters.items():
+        if not isinstance(version, int) or not 0 <= version < major or not callable(upcaster):
+            raise RegistrationError(
+                f"event {event!r}: upcasters must map an older major version (0 to {major - 1}) "
+                f"to a function, not {version!r}: {upcaster!r}"
+            )
+    return dict(upcasters)
 
 
 def broadcasts() -> list[Broadcast]:

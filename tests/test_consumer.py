@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -190,3 +191,21 @@ def test_unreachable_broker_fails_fast_with_a_clear_message(settings: Any) -> No
     with pytest.raises(CommandError, match="cannot connect to the broker") as command_error:
         call_command("consume_signals")
     assert "s3cret" not in str(command_error.value)
+
+
+def test_quorum_queues_by_setting(broker: Broker, settings: Any, daemon: Any, wired: list[Any]) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "QUEUE_TYPE": "quorum"}
+    consumer = daemon()
+    topology = consumer.topology
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "type", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    types = dict(line.split() for line in listing.splitlines() if line.startswith(broker.exchange))
+    expected = [topology.queue, topology.dead_letter_queue, *topology.retry_queues]
+    assert {name: types.get(name) for name in expected} == dict.fromkeys(expected, "quorum")
+    send_shipped(9)
+    wait_for(lambda: wired, "the event through a quorum queue")

@@ -126,3 +126,59 @@ def test_hop_limit_in_a_receiver_is_dead_lettered_at_once() -> None:
     broadcaster.subscribe("billing.paid", schema=Paid).connect(cycle, weak=False)
     outcome = run('{"invoice": 1, "amount": 1}')
     assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "hop-limit")
+
+
+class PaidV3(BaseModel):
+    """v1 had `cents`; v2 renamed it `amount_cents`; v3 holds a Decimal `amount`."""
+
+    schema_version: ClassVar[str] = "3.0"
+    invoice: int
+    amount: Decimal
+
+
+UPCASTERS = {
+    1: lambda v1: {"invoice": v1["invoice"], "amount_cents": v1["cents"]},
+    2: lambda v2: {"invoice": v2["invoice"], "amount": Decimal(v2["amount_cents"]) / 100},
+}
+
+
+@pytest.fixture
+def upcasting() -> list[dict[str, Any]]:
+    calls: list[dict[str, Any]] = []
+    broadcaster.subscribe("billing.paid", schema=PaidV3, upcasters=UPCASTERS).connect(
+        lambda **kwargs: calls.append(kwargs), weak=False
+    )
+    return calls
+
+
+def test_older_majors_are_upcast_step_by_step(upcasting: list[dict[str, Any]]) -> None:
+    assert run('{"invoice": 1, "cents": 250}', schemaversion="1.4").action is Action.ACK
+    assert run('{"invoice": 2, "amount_cents": 199}', schemaversion="2.0").action is Action.ACK
+    assert run('{"invoice": 3, "amount": "7.5", "added_in_3_1": true}', schemaversion="3.1").action is Action.ACK
+    assert [(c["invoice"], c["amount"]) for c in upcasting] == [
+        (1, Decimal("2.5")),
+        (2, Decimal("1.99")),
+        (3, Decimal("7.5")),
+    ]
+    assert upcasting[0]["envelope"].schema_version == "1.4"  # receivers can tell what was sent
+
+
+def test_unreadable_versions_are_dead_lettered_never_half_processed(upcasting: list[dict[str, Any]]) -> None:
+    newer = run('{"invoice": 1, "amount": 1}', schemaversion="4.0")
+    assert (newer.reason, "reads major 3" in newer.detail) == ("unsupported-schema-version", True)
+    broken = run('{"invoice": 1}', schemaversion="1.0")  # v1 without `cents`: the upcaster raises
+    assert (broken.action, broken.reason) == (Action.DEAD_LETTER, "upcast-failed")
+    assert "KeyError" in broken.detail
+    assert upcasting == []
+
+
+def test_a_missing_upcaster_is_named() -> None:
+    broadcaster.subscribe("billing.paid", schema=PaidV3, upcasters={2: UPCASTERS[2]})
+    outcome = run('{"invoice": 1, "cents": 1}', schemaversion="1.0")
+    assert outcome.reason == "unsupported-schema-version"
+    assert "no upcaster from major version 1" in outcome.detail
+
+
+def test_upcasters_must_target_older_majors() -> None:
+    with pytest.raises(broadcaster.RegistrationError, match="older major version"):
+        broadcaster.subscribe("billing.paid", schema=PaidV3, upcasters={3: UPCASTERS[2]})

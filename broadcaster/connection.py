@@ -10,7 +10,7 @@ import pika
 
 from broadcaster.settings import BroadcasterSettings
 
-__all__ = ["backoff", "parameters"]
+__all__ = ["backoff", "describe", "parameters"]
 
 
 def parameters(settings: BroadcasterSettings, role: str) -> pika.URLParameters:
@@ -30,3 +30,12 @@ def backoff(failures: int, cap: float) -> float:
     """Seconds to wait before reconnection attempt number `failures` (1-based), with jitter."""
     ceiling: float = min(cap, 0.25 * 2 ** min(failures, 16))
     return random.uniform(ceiling / 2, ceiling)
+
+
+def describe(error: BaseException | str) -> str:
+    """One line naming a connection error; pika's are often empty or start with their name."""
+    if isinstance(error, str):
+        return error
+    name = type(error).__name__
+    text = str(error).strip() or repr(error)  # pika's AMQPConnectionError keeps its detail in repr()
+    return text if text.startswith(name) else f"{name}: {text}"

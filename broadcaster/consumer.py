@@ -23,6 +23,7 @@ import pika.exceptions
 from django.db import close_old_connections
 
 from broadcaster import connection, publisher
+from broadcaster.connection import describe
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
 from broadcaster.registry import Subscription
@@ -79,6 +80,7 @@ class Consumer:
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._last_prune: float | None = None
+        self._consumer_tag = ""
 
     @property
     def handled(self) -> int:
@@ -119,7 +121,7 @@ class Consumer:
                 failures += 1
                 self._drop_connection()
                 delay = connection.backoff(failures, self.settings.reconnect_max_delay)
-                logger.warning("consume_signals: connection lost (%s); retrying in %.1f s", _short(exc), delay)
+                logger.warning("consume_signals: connection lost (%s); retrying in %.1f s", describe(exc), delay)
                 self._stop.wait(delay)
         self._close()
         logger.info("consume_signals: stopped after %d message(s) (%s)", self.handled, self._summary())
@@ -145,14 +147,14 @@ class Consumer:
             conn = pika.BlockingConnection(params)
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(
-                f"cannot connect to the broker at {self.settings.redacted_broker_url}: {_short(exc)}"
+                f"cannot connect to the broker at {self.settings.redacted_broker_url}: {describe(exc)}"
             ) from exc
         try:
             channel = conn.channel()
             channel.confirm_delivery()
             channel.basic_qos(prefetch_count=self.prefetch)
             self.topology.declare(channel, self.subscriptions)
-            channel.basic_consume(self.topology.queue, self._on_message)
+            self._consumer_tag = channel.basic_consume(self.topology.queue, self._on_message)
         except Exception:
             _close_quietly(conn)
             raise
@@ -233,7 +235,7 @@ class Consumer:
             return
         try:
             if self._channel is not None and self._channel.is_open:
-                self._channel.cancel()
+                self._channel.basic_cancel(self._consumer_tag)
         except _CONNECTION_ERRORS:
             pass
         self._drop_connection()
@@ -266,11 +268,6 @@ def _log_dead_letter(outcome: Outcome, delivery: _Delivery) -> None:
         outcome.reason,
         outcome.detail[:200],
     )
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or repr(exc)
-    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 
 
 def _close_quietly(conn: pika.BlockingConnection) -> None:

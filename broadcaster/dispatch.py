@@ -10,7 +10,7 @@ import enum
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -49,6 +49,7 @@ class Outcome:
     reason: str = ""
     detail: str = ""
     exception: str = ""
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 def dispatch(
@@ -116,10 +117,12 @@ def _validate(subscription: Subscription, message: IncomingMessage) -> dict[str,
     try:
         if major < subscription.major:
             payload = schema.model_validate(_upcast(subscription, major, message.data))
-        elif isinstance(message.data, bytes):
+        elif isinstance(message.data, bytes) and not subscription.lossless:
             payload = schema.model_validate_json(message.data)
         else:
-            payload = schema.model_validate(message.data)
+            # pydantic's JSON parser reads every number as a float; a Decimal field must
+            # see the digits that were sent.
+            payload = schema.model_validate(_parse(message.data))
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if errors and errors[0]["type"] == "json_invalid":
@@ -129,13 +132,19 @@ def _validate(subscription: Subscription, message: IncomingMessage) -> dict[str,
     return {name: getattr(payload, name) for name in type(payload).model_fields}
 
 
+def _parse(data: bytes | object) -> object:
+    """The payload as Python values, numbers with a fraction as exact Decimals."""
+    if not isinstance(data, bytes):
+        return data
+    try:
+        return json.loads(data, parse_float=Decimal)
+    except (ValueError, RecursionError) as exc:
+        raise RejectedMessage("not-json", f"body is not valid JSON: {exc}") from exc
+
+
 def _upcast(subscription: Subscription, major: int, data: bytes | object) -> object:
     """Bring an older payload up to the subscription's major, one upcaster at a time."""
-    if isinstance(data, bytes):
-        try:
-            data = json.loads(data, parse_float=Decimal)
-        except (ValueError, RecursionError) as exc:
-            raise RejectedMessage("not-json", f"body is not valid JSON: {exc}") from exc
+    data = _parse(data)
     for version in range(major, subscription.major):
         if not isinstance(data, dict):
             raise RejectedMessage("schema-violation", f"{subscription.event}: a v{version} payload is not an object")
@@ -163,7 +172,7 @@ def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]
             receivers()
     except HopLimitExceeded as exc:
         # Retrying a cycle only repeats it.
-        return Outcome(Action.DEAD_LETTER, envelope, "hop-limit", str(exc), type(exc).__qualname__)
+        return Outcome(Action.DEAD_LETTER, envelope, "hop-limit", str(exc), _qualified(type(exc)))
     except Exception as exc:
         logger.warning(
             "receiver failed for %s %s (attempt %d): %s: %s",
@@ -174,7 +183,7 @@ def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]
             exc,
             exc_info=True,
         )
-        return Outcome(Action.RETRY, envelope, "receiver-error", str(exc), _qualified(type(exc)))
+        return Outcome(Action.RETRY, envelope, "receiver-error", str(exc), _qualified(type(exc)), exc)
     return Outcome(Action.ACK, envelope)
 
 

@@ -14,7 +14,8 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from pika.adapters.select_connection import IOLoop, SelectConnection
@@ -26,7 +27,15 @@ from broadcaster.exceptions import FlushTimeout, PublishBufferFull
 from broadcaster.registry import OutboundMessage
 from broadcaster.settings import BroadcasterSettings, get_settings
 
-__all__ = ["Publisher", "Transport", "flush", "get_publisher", "reset_publisher"]
+__all__ = [
+    "Publisher",
+    "Transport",
+    "flush",
+    "get_publisher",
+    "is_overridden",
+    "reset_publisher",
+    "use_transport",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +227,9 @@ class Publisher:
             self._connection.close()
 
     def _on_open_error(self, _conn: object, error: str | Exception) -> None:
-        logger.warning("publisher cannot connect to %s: %s", self._settings.redacted_broker_url, error)
+        logger.warning(
+            "publisher cannot connect to %s: %s", self._settings.redacted_broker_url, connection.describe(error)
+        )
         self._schedule_reconnect()
 
     def _on_closed(self, _conn: object, reason: BaseException) -> None:
@@ -252,10 +263,17 @@ class Publisher:
 
 _lock = threading.Lock()
 _publisher: Publisher | None = None
+_override: Transport | None = None  # set by use_transport(): the test kit's in-memory transport
 
 
-def get_publisher() -> Publisher:
+def get_publisher() -> Transport:
     """The publisher of this process, made on first use and again after fork()."""
+    if _override is not None:
+        return _override
+    return _pika_publisher()
+
+
+def _pika_publisher() -> Publisher:
     global _publisher  # noqa: PLW0603 - the process-wide publisher
     publisher = _publisher
     if publisher is None or publisher.pid != os.getpid():
@@ -268,8 +286,26 @@ def get_publisher() -> Publisher:
 
 def flush(timeout: float | None = None) -> None:
     """Block until every event handed to this process's publisher is confirmed, or raise."""
-    if _publisher is not None and _publisher.pid == os.getpid():
+    if _override is not None:
+        _override.flush(timeout)
+    elif _publisher is not None and _publisher.pid == os.getpid():
         _publisher.flush(timeout)
+
+
+def is_overridden() -> bool:
+    """Whether events go to a transport installed by use_transport() (tests)."""
+    return _override is not None
+
+
+@contextmanager
+def use_transport(transport: Transport) -> Iterator[Transport]:
+    """Send this process's events to `transport` instead of the broker within the block."""
+    global _override  # noqa: PLW0603
+    previous, _override = _override, transport
+    try:
+        yield transport
+    finally:
+        _override = previous
 
 
 def reset_publisher(timeout: float | None = None, **_: object) -> None:

@@ -1,0 +1,1 @@
+"""Example Django services (orders, inventory, notifications) talking through broadcaster."""

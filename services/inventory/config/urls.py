@@ -1,0 +1,5 @@
+"""The inventory service has no HTTP surface: the example is driven by management commands."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []

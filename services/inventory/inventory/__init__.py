@@ -1,0 +1,1 @@
+"""The inventory app: reserves stock for remote orders; publishes stock_reserved and stock_low."""

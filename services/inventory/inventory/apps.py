@@ -1,0 +1,19 @@
+"""Wires the inventory service's signals to the broker."""
+
+from django.apps import AppConfig
+
+import broadcaster
+from schemas import OrderPlaced, StockLow, StockReserved
+
+
+class InventoryConfig(AppConfig):
+    name = "inventory"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from inventory import receivers  # noqa: F401 (connects the receivers)
+        from inventory.signals import order_placed_remote, stock_low, stock_reserved
+
+        broadcaster.subscribe("orders.order_placed", schema=OrderPlaced, signal=order_placed_remote)
+        broadcaster.broadcast(stock_reserved, event="inventory.stock_reserved", schema=StockReserved)
+        broadcaster.broadcast(stock_low, event="inventory.stock_low", schema=StockLow)

@@ -1,0 +1,8 @@
+"""Settings of the notifications service; shared ones and env variables: services/common.py."""
+
+from services.common import *  # noqa: F403
+from services.common import broadcaster_settings, databases, installed_apps
+
+INSTALLED_APPS = installed_apps("notifications")
+DATABASES = databases("notifications")
+BROADCASTER = broadcaster_settings("notifications")

@@ -1,0 +1,155 @@
+"""A test kit for projects that use broadcaster: no broker needed.
+
+- `capture_broadcasts()` records what a block of code broadcasts (after commit, as in
+  production) instead of sending it to RabbitMQ.
+- `deliver()` hands an event to this process's subscriptions exactly as the daemon
+  would: decoding, version check, upcasting, validation, loop prevention, inbox.
+- `InMemoryBroker` does both at once: what is broadcast is delivered to the local
+  subscriptions, so a producer -> consumer path runs in one test process.
+
+With pytest, the ``broadcasts`` fixture (from the plugin `broadcaster.pytest_plugin`,
+loaded automatically) yields a capture. With Django's TestCase, on_commit callbacks
+only run inside ``self.captureOnCommitCallbacks(execute=True)``, as for any on_commit code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from broadcaster.dispatch import Action, Outcome, dispatch
+from broadcaster.envelope import Envelope, properties_for
+from broadcaster.exceptions import RejectedMessage
+from broadcaster.publisher import use_transport
+from broadcaster.registry import OutboundMessage, subscriptions
+from broadcaster.settings import get_settings
+
+__all__ = ["Capture", "CapturedEvent", "InMemoryBroker", "capture_broadcasts", "deliver"]
+
+
+@dataclass(frozen=True)
+class CapturedEvent:
+    """One event as it would have reached the broker."""
+
+    envelope: Envelope
+    body: bytes
+
+    @property
+    def type(self) -> str:
+        """The event type (routing key)."""
+        return self.envelope.type
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The payload as the JSON a consumer receives."""
+        data: dict[str, Any] = json.loads(self.body)
+        return data
+
+
+class Capture(list[CapturedEvent]):
+    """The events a block broadcast, in order; also an in-memory transport."""
+
+    def of_type(self, event: str) -> list[CapturedEvent]:
+        """The captured events of one type."""
+        return [captured for captured in self if captured.type == event]
+
+    @property
+    def types(self) -> list[str]:
+        """The type of every captured event, in order."""
+        return [captured.type for captured in self]
+
+    # The Transport interface the publisher seam expects.
+
+    def publish(self, message: OutboundMessage) -> None:
+        """Record `message` (called after commit)."""
+        self.append(CapturedEvent(message.envelope, message.body))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Nothing waits for a broker here."""
+
+    def close(self, timeout: float | None = None) -> None:
+        """Nothing to close."""
+
+    @property
+    def pending(self) -> int:
+        """Always 0: captured events are never in flight."""
+        return 0
+
+
+@contextmanager
+def capture_broadcasts() -> Iterator[Capture]:
+    """Record instead of publish, within the block (also in outbox mode)."""
+    capture = Capture()
+    with use_transport(capture):
+        yield capture
+
+
+def deliver(
+    event: str,
+    payload: BaseModel | dict[str, Any] | bytes,
+    *,
+    source: str = "tests",
+    schema_version: str | None = None,
+    envelope: Envelope | None = None,
+    attempt: int = 1,
+    raise_errors: bool = True,
+) -> Outcome:
+    """Deliver one event to this process's subscriptions as the daemon would.
+
+    A receiver's exception is raised again, and a message the daemon would dead-letter
+    raises RejectedMessage, unless `raise_errors` is false: then the Outcome tells.
+    """
+    envelope = envelope or Envelope.new(source=source, type=event, schema_version=schema_version)
+    outcome = dispatch(
+        properties_for(envelope),
+        _body(payload),
+        settings=get_settings(),
+        subscriptions=subscriptions(),
+        attempt=attempt,
+    )
+    if raise_errors and outcome.error is not None:
+        raise outcome.error
+    if raise_errors and outcome.action is Action.DEAD_LETTER:
+        raise RejectedMessage(outcome.reason, outcome.detail)
+    return outcome
+
+
+def _body(payload: BaseModel | dict[str, Any] | bytes) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, BaseModel):
+        return payload.__pydantic_serializer__.to_json(payload)
+    return json.dumps(payload, default=str).encode()
+
+
+class InMemoryBroker(Capture):
+    """A transport that delivers every event to this process's subscriptions at once.
+
+    Use as ``with InMemoryBroker() as broker:``; `broker` lists what was broadcast and
+    `outcomes` what each delivery did. Events nobody here subscribes to are only recorded.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.outcomes: list[Outcome] = []
+        self._transport: Any = None
+
+    def publish(self, message: OutboundMessage) -> None:
+        """Record `message`, then deliver it if this process subscribes to its type."""
+        super().publish(message)
+        if message.envelope.type in subscriptions():
+            outcome = deliver(message.envelope.type, message.body, envelope=message.envelope, raise_errors=False)
+            self.outcomes.append(outcome)
+
+    def __enter__(self) -> InMemoryBroker:
+        self._transport = use_transport(self)
+        self._transport.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._transport.__exit__(*exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import ssl
 
 import pika
 
@@ -16,6 +17,8 @@ __all__ = ["backoff", "describe", "parameters"]
 def parameters(settings: BroadcasterSettings, role: str) -> pika.URLParameters:
     """pika parameters for `role` ("publisher", "consumer"), named so operators see who is who."""
     params = pika.URLParameters(settings.broker_url)
+    if settings.broker_url.startswith("amqps://"):
+        params.ssl_options = pika.SSLOptions(_tls_context(settings), settings.tls_server_name or params.host)
     params.heartbeat = settings.heartbeat
     params.blocked_connection_timeout = max(settings.publish_timeout * 6, 60.0)
     params.connection_attempts = 1
@@ -24,6 +27,17 @@ def parameters(settings: BroadcasterSettings, role: str) -> pika.URLParameters:
         "product": "django-signal-broadcaster",
     }
     return params
+
+
+def _tls_context(settings: BroadcasterSettings) -> ssl.SSLContext:
+    """Certificate verification stays on unless TLS_VERIFY is False."""
+    context = ssl.create_default_context(cafile=settings.tls_ca_file)
+    if settings.tls_cert_file:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    if not settings.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def backoff(failures: int, cap: float) -> float:

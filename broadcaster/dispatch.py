@@ -17,6 +17,7 @@ from typing import Any
 import pika
 from pydantic import ValidationError
 
+from broadcaster import signing
 from broadcaster.envelope import Envelope, IncomingMessage, decode
 from broadcaster.exceptions import HopLimitExceeded, RejectedMessage
 from broadcaster.registry import Subscription, handling
@@ -81,8 +82,16 @@ def _verify(
             "too-large",
             f"{len(body)} bytes, more than MAX_MESSAGE_BYTES ({settings.max_message_bytes})",
         )
+    if settings.require_signatures:
+        signing.verify(properties, body, settings)
     message = decode(properties, body, attempt=attempt)
     envelope = message.envelope
+    if settings.require_user_id and properties.user_id != envelope.source:
+        raise RejectedMessage(
+            "user-mismatch",
+            f"ce-source {envelope.source[:40]!r} was not published by broker user {envelope.source[:40]!r} "
+            f"(user_id {str(properties.user_id)[:40]!r})",
+        )
     subscription = subscriptions.get(envelope.type)
     if subscription is None:
         raise RejectedMessage("unknown-event", f"no subscription for event type {envelope.type!r}")

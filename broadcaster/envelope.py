@@ -96,8 +96,15 @@ def envelope_from_headers(headers: Mapping[str, Any]) -> Envelope:
     return _envelope(_binary(headers), attempt=1)
 
 
-def properties_for(envelope: Envelope) -> pika.BasicProperties:
-    """AMQP properties of a binary-mode message; they mirror the ``ce-`` headers."""
+def properties_for(
+    envelope: Envelope, *, user_id: str | None = None, headers: dict[str, str] | None = None
+) -> pika.BasicProperties:
+    """AMQP properties of a binary-mode message; they mirror the ``ce-`` headers.
+
+    `user_id` is checked by the broker against the publishing connection's user, so a
+    consumer can trust it (REQUIRE_USER_ID). `headers` replaces the envelope's own
+    (when they were signed).
+    """
     return pika.BasicProperties(
         content_type=JSON,
         delivery_mode=_DELIVERY_MODE_PERSISTENT,
@@ -105,7 +112,8 @@ def properties_for(envelope: Envelope) -> pika.BasicProperties:
         type=envelope.type,
         app_id=envelope.source,
         timestamp=int(envelope.time.timestamp()),
-        headers=envelope.headers(),
+        user_id=user_id,
+        headers=envelope.headers() if headers is None else headers,
     )
 
 

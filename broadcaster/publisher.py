@@ -21,8 +21,8 @@ from typing import Any, Protocol
 from pika.adapters.select_connection import IOLoop, SelectConnection
 from pika.spec import Basic
 
-from broadcaster import connection
-from broadcaster.envelope import properties_for
+from broadcaster import connection, signing
+from broadcaster.envelope import JSON, properties_for
 from broadcaster.exceptions import FlushTimeout, PublishBufferFull
 from broadcaster.registry import OutboundMessage
 from broadcaster.settings import BroadcasterSettings, get_settings
@@ -63,6 +63,8 @@ class Publisher:
     def __init__(self, settings: BroadcasterSettings) -> None:
         self._settings = settings
         self._params = connection.parameters(settings, "publisher")
+        self._signing_key = settings.signing_key
+        self._user_id: str | None = getattr(self._params.credentials, "username", None)
         self._cond = threading.Condition()
         self._buffer: deque[OutboundMessage] = deque()
         self._unconfirmed: dict[int, OutboundMessage] = {}  # delivery tag -> message, ascending
@@ -189,7 +191,10 @@ class Publisher:
                 self._unconfirmed[self._next_tag] = message
         exchange = self._settings.exchange
         for message in batch:
-            properties = properties_for(message.envelope)
+            headers = message.envelope.headers()
+            if self._signing_key is not None:
+                signing.sign(headers, JSON, message.body, self._signing_key)
+            properties = properties_for(message.envelope, user_id=self._user_id, headers=headers)
             self._channel.basic_publish(exchange, message.routing_key, message.body, properties)
 
     def _on_confirm(self, frame: Any) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 from django.conf import settings as django_settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from broadcaster.exceptions import ConfigurationError
 
@@ -36,6 +36,7 @@ class BroadcasterSettings(BaseModel):
     broker_url: str = Field(
         "amqp://guest:guest@localhost:5672/%2F",
         alias="BROKER_URL",
+        repr=False,  # it may carry a password; redacted_broker_url is the safe form
         description=f"AMQP URL of the broker; the environment variable {BROKER_URL_ENV} wins.",
     )
     exchange: str = Field("signals", alias="EXCHANGE", description="Durable topic exchange events are published to.")
@@ -104,6 +105,34 @@ class BroadcasterSettings(BaseModel):
     inbox_retention: float = Field(
         7 * 86400.0, alias="INBOX_RETENTION", ge=0, description="Seconds inbox rows (handled event ids) are kept."
     )
+    tls_ca_file: str | None = Field(
+        None, alias="TLS_CA_FILE", description="CA bundle that verifies the broker (amqps://); system CAs if unset."
+    )
+    tls_cert_file: str | None = Field(None, alias="TLS_CERT_FILE", description="Client certificate (PEM) for amqps://.")
+    tls_key_file: str | None = Field(None, alias="TLS_KEY_FILE", description="Private key (PEM) of TLS_CERT_FILE.")
+    tls_server_name: str | None = Field(
+        None, alias="TLS_SERVER_NAME", description="Name the broker's certificate must carry; the URL host if unset."
+    )
+    tls_verify: bool = Field(
+        True, alias="TLS_VERIFY", description="Verify the broker's certificate and name (leave on outside tests)."
+    )
+    signing_keys: dict[str, dict[str, SecretStr]] = Field(
+        default_factory=dict,
+        alias="SIGNING_KEYS",
+        repr=False,
+        description="HMAC-SHA256 keys by source service, then by key id: {'orders': {'k2': '...', 'k1': '...'}}.",
+    )
+    signing_key_id: str | None = Field(
+        None, alias="SIGNING_KEY_ID", description="Key id of SIGNING_KEYS[SERVICE_NAME] this service signs with."
+    )
+    require_signatures: bool = Field(
+        False, alias="REQUIRE_SIGNATURES", description="Dead-letter incoming events without a valid signature."
+    )
+    require_user_id: bool = Field(
+        False,
+        alias="REQUIRE_USER_ID",
+        description="Dead-letter incoming events whose broker-validated user_id is not their ce-source.",
+    )
     reconnect_max_delay: float = Field(
         30.0,
         alias="RECONNECT_MAX_DELAY",
@@ -132,6 +161,30 @@ class BroadcasterSettings(BaseModel):
         if any(delay <= 0 for delay in value):
             raise ValueError("every delay must be a positive number of seconds")
         return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> BroadcasterSettings:
+        tls = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_server_name)
+        if any(tls) and not self.broker_url.startswith("amqps://"):
+            raise ValueError("TLS_* settings need an amqps:// BROKER_URL")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together")
+        own = self.signing_keys.get(self.service_name, {})
+        if self.signing_key_id is not None and self.signing_key_id not in own:
+            raise ValueError(
+                f"SIGNING_KEY_ID {self.signing_key_id!r} is not a key of SIGNING_KEYS[{self.service_name!r}]"
+            )
+        if self.require_signatures and not self.signing_keys:
+            raise ValueError("REQUIRE_SIGNATURES needs SIGNING_KEYS for the services this one trusts")
+        return self
+
+    @property
+    def signing_key(self) -> tuple[str, bytes] | None:
+        """(key id, secret) this service signs with, if it signs."""
+        if self.signing_key_id is None:
+            return None
+        secret = self.signing_keys[self.service_name][self.signing_key_id].get_secret_value()
+        return self.signing_key_id, secret.encode()
 
     @property
     def queue_name(self) -> str:

@@ -11,6 +11,7 @@ from broadcaster.exceptions import (
     MessageTooLarge,
     PublishBufferFull,
     PublishError,
+    QueueNotFound,
     RegistrationError,
     RejectedMessage,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "MessageTooLarge",
     "PublishBufferFull",
     "PublishError",
+    "QueueNotFound",
     "RegistrationError",
     "RejectedMessage",
     "broadcast",

@@ -11,6 +11,7 @@ BroadcasterError
  |    +-- PublishBufferFull       the publisher's buffer stayed full for PUBLISH_TIMEOUT
  |    +-- FlushTimeout            flush() ran out of time with messages unconfirmed
  +-- RejectedMessage              an incoming message can never succeed; it is dead-lettered
+ +-- QueueNotFound                an operator tool needs a queue the broker does not have
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "MessageTooLarge",
     "PublishBufferFull",
     "PublishError",
+    "QueueNotFound",
     "RegistrationError",
     "RejectedMessage",
 ]
@@ -106,3 +108,7 @@ class RejectedMessage(BroadcasterError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
+
+
+class QueueNotFound(BroadcasterError):
+    """A queue an operator tool needs does not exist on the broker (consume_signals declares it)."""

@@ -1,0 +1,442 @@
+"""Dead letters: look at them, send them back to the service queue, or delete them.
+
+The operator side of the dead-letter queue the consumer fills (`<queue>.dead-letter`).
+Nothing here loses a message:
+
+- Messages are read with ``basic_get`` and no ack, so the broker keeps owning them.
+  Every message not acted on is handed back at the end with one ``basic_nack(requeue)``
+  (and the broker hands back anything still held if the connection drops first).
+- A replayed message is acked, which removes it from the dead-letter queue, only after
+  the broker confirmed its copy on the service queue. A crash between the two leaves it
+  in both places: a duplicate delivery, which receivers already tolerate (at least once).
+- A walk looks at no more messages than the queue held when it began. Messages held
+  unacked are not handed out again, so each is seen once; and a replayed message that
+  fails again while the walk runs joins the tail, past the walk's end, instead of being
+  replayed in a loop.
+
+Order: a classic queue puts requeued messages back in their original positions, so a
+listing leaves the queue as it found it. A quorum queue may return them ahead of the
+rest; that is harmless, because nothing consumes the dead-letter queue in order: replay
+picks messages by filter, and the daemon never promised a global order (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import pika
+import pika.exceptions
+
+from broadcaster import connection
+from broadcaster.envelope import STRUCTURED_JSON
+from broadcaster.exceptions import BroadcasterError, BrokerUnavailable, PublishError, QueueNotFound
+from broadcaster.settings import BroadcasterSettings
+
+__all__ = [
+    "DeadLetter",
+    "Listing",
+    "Match",
+    "Tally",
+    "connect",
+    "count",
+    "describe",
+    "peek",
+    "purge",
+    "replay",
+    "replay_properties",
+]
+
+PROGRESS_EVERY = 1000
+SETTLE_TIMEOUT = 5.0
+_HEADER = "x-broadcaster-"
+_NOT_FOUND = 404
+# Failure bookkeeping, ours and the broker's; a replayed message starts afresh without it
+# (no attempt header means attempt 1 to the daemon).
+_FAILURE_HEADERS = (_HEADER, "x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+# Properties a replayed copy keeps. user_id is left out: the broker refuses a publish whose
+# user_id is not the publishing connection's user.
+_KEPT_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "app_id",
+    "cluster_id",
+)
+_CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """What one dead-lettered message is and why it failed; None where a header is missing."""
+
+    id: str | None
+    """The envelope id: ``ce-id``, the ``message_id`` property, or a structured event's ``id``."""
+    event: str | None
+    """The event type: ``ce-type``, the ``type`` property, a structured event's ``type``, or the routing key."""
+    routing_key: str | None
+    """The routing key the message arrived on the service queue with."""
+    reason: str | None
+    error: str | None
+    exception: str | None
+    attempts: int | None
+    dead_lettered_at: datetime | None
+    age: float | None
+    """Seconds since the message was dead-lettered, when that is known."""
+    size: int
+
+    def as_json(self) -> dict[str, object]:
+        """A JSON-ready mapping (times as RFC 3339 strings)."""
+        at = self.dead_lettered_at
+        return {
+            "id": self.id,
+            "event": self.event,
+            "routing_key": self.routing_key,
+            "reason": self.reason,
+            "error": self.error,
+            "exception": self.exception,
+            "attempts": self.attempts,
+            "dead_lettered_at": at.isoformat() if at else None,
+            "age_seconds": None if self.age is None else round(self.age, 3),
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """Which dead letters a command acts on; every given criterion must hold."""
+
+    event: str | None = None
+    """The event type (``ce-type``) or the routing key the message arrived with."""
+    id: str | None = None
+    """The envelope id (``ce-id``, or the ``message_id`` property)."""
+
+    @property
+    def everything(self) -> bool:
+        """True when no criterion is set."""
+        return self.event is None and self.id is None
+
+    def __call__(self, letter: DeadLetter) -> bool:
+        if self.id is not None and letter.id != self.id:
+            return False
+        return self.event is None or self.event in (letter.event, letter.routing_key)
+
+    def __str__(self) -> str:
+        criteria = [f"{name} {value!r}" for name, value in (("event", self.event), ("id", self.id)) if value]
+        return " and ".join(criteria) or "everything"
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The head of a dead-letter queue, as peek() saw it."""
+
+    queue: str
+    total: int
+    """Messages in the queue when the listing began."""
+    scanned: int
+    letters: tuple[DeadLetter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What replay() or purge() did, or has done so far (progress)."""
+
+    queue: str
+    scanned: int
+    """Dead letters looked at."""
+    done: int
+    """Dead letters replayed or purged: matching ones, up to the limit."""
+    left: int | None = None
+    """Messages in the dead-letter queue afterwards (None while still running)."""
+
+
+Progress = Callable[[Tally], None]
+EVERYTHING = Match()
+
+
+@contextmanager
+def connect(settings: BroadcasterSettings) -> Iterator[Any]:
+    """A blocking channel in confirm mode on a connection of its own, closed afterwards.
+
+    Raises BrokerUnavailable (never with the password) if the broker cannot be reached
+    or the connection is lost; messages held at that moment go back to the queue.
+    """
+    try:
+        conn = pika.BlockingConnection(connection.parameters(settings, "dead-letters"))
+    except _CONNECTION_ERRORS as exc:
+        raise BrokerUnavailable(_unreachable(settings, "cannot connect to", exc)) from exc
+    try:
+        channel = conn.channel()
+        channel.confirm_delivery()
+        yield channel
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise _channel_error(settings, exc) from exc
+    except _CONNECTION_ERRORS as exc:
+        raise BrokerUnavailable(_unreachable(settings, "lost the connection to", exc)) from exc
+    finally:
+        _close_quietly(conn)
+
+
+def count(channel: Any, queue: str) -> int:
+    """Messages ready in `queue`; raises QueueNotFound if it does not exist."""
+    try:
+        declared = channel.queue_declare(queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == _NOT_FOUND:
+            raise QueueNotFound(f"queue {queue!r} does not exist (consume_signals declares it)") from exc
+        raise
+    return int(declared.method.message_count)
+
+
+def peek(channel: Any, queue: str, *, limit: int, match: Match = EVERYTHING, now: datetime | None = None) -> Listing:
+    """Describe up to `limit` dead letters from the head of `queue` that `match`, leaving them all there."""
+    total = count(channel, queue)
+    budget = min(limit, total) if match.everything else total
+    letters: list[DeadLetter] = []
+    scanned = 0
+    try:
+        for held in _walk(channel, queue, budget):
+            scanned += 1
+            letter = describe(held.properties, held.body, now=now)
+            if match(letter):
+                letters.append(letter)
+                if len(letters) >= limit:
+                    break
+    finally:
+        _release(channel)
+    _settle(channel, queue, total)
+    return Listing(queue, total, scanned, tuple(letters))
+
+
+def replay(
+    channel: Any,
+    queue: str,
+    target: str,
+    *,
+    match: Match = EVERYTHING,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> Tally:
+    """Move the dead letters that `match` from `queue` back to the service queue `target`.
+
+    Each copy keeps the body, the properties and the ``ce-`` headers (so the envelope id
+    is unchanged) and loses the failure headers, so the daemon starts again at attempt 1.
+    `channel` must be in confirm mode (connect() makes it so). Raises PublishError, after
+    handing back every dead letter not yet replayed, if the broker refuses a copy.
+    """
+    count(channel, target)  # fail before touching anything if the service queue is missing
+
+    def send(properties: pika.BasicProperties, body: bytes) -> None:
+        channel.basic_publish("", target, body, replay_properties(properties), mandatory=True)
+
+    return _sweep(
+        channel, queue, match=match, limit=limit, progress=progress, send=send, what=f"replay to queue {target!r}"
+    )
+
+
+def purge(
+    channel: Any,
+    queue: str,
+    *,
+    match: Match = EVERYTHING,
+    limit: int | None = None,
+    upto: int | None = None,
+    progress: Progress | None = None,
+) -> Tally:
+    """Delete the dead letters that `match` from `queue`, looking at no more than `upto` of them.
+
+    Pass as `upto` the count the operator confirmed, so that dead letters arriving after
+    the confirmation are not deleted with the others.
+    """
+    return _sweep(channel, queue, match=match, limit=limit, progress=progress, send=None, what="purge", upto=upto)
+
+
+def replay_properties(properties: pika.BasicProperties) -> pika.BasicProperties:
+    """The properties of a replayed copy: the original's, without the failure headers."""
+    headers = {
+        name: value for name, value in (properties.headers or {}).items() if not name.startswith(_FAILURE_HEADERS)
+    }
+    kept = {name: getattr(properties, name) for name in _KEPT_PROPERTIES}
+    return pika.BasicProperties(headers=headers, **kept)
+
+
+def describe(properties: pika.BasicProperties, body: bytes, *, now: datetime | None = None) -> DeadLetter:
+    """Read what the consumer (or the broker) wrote about why this message failed."""
+    headers = properties.headers or {}
+    structured = _structured(properties, body)
+    at = _dead_lettered_at(headers)
+    routing_key = _text(headers.get(_HEADER + "routing-key"))
+    return DeadLetter(
+        id=_text(headers.get("ce-id") or properties.message_id or structured.get("id")),
+        event=_text(headers.get("ce-type") or properties.type or structured.get("type") or routing_key),
+        routing_key=routing_key,
+        reason=_text(headers.get(_HEADER + "reason") or _first_death(headers).get("reason")),
+        error=_text(headers.get(_HEADER + "error")),
+        exception=_text(headers.get(_HEADER + "exception")),
+        attempts=_integer(headers.get(_HEADER + "attempts")),
+        dead_lettered_at=at,
+        age=None if at is None else max(0.0, ((now or datetime.now(UTC)) - at).total_seconds()),
+        size=len(body),
+    )
+
+
+_Send = Callable[[pika.BasicProperties, bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    tag: int
+    properties: pika.BasicProperties
+    body: bytes
+
+
+def _sweep(
+    channel: Any,
+    queue: str,
+    *,
+    match: Match,
+    limit: int | None,
+    progress: Progress | None,
+    send: _Send | None,
+    what: str,
+    upto: int | None = None,
+) -> Tally:
+    # Shared by replay and purge: send each matching message on (purge: `send` None),
+    # then ack it, which removes it; hand the others back at the end.
+    total = count(channel, queue)
+    budget = total if upto is None else min(upto, total)
+    scanned = done = 0
+    try:
+        for held in _walk(channel, queue, budget):
+            scanned += 1
+            letter = describe(held.properties, held.body)
+            if match(letter):
+                stopped = (
+                    f"{what} stopped after {done} dead letter(s), at {letter.id}; it and the rest stay in {queue!r}"
+                )
+                _act(channel, held, send, stopped)
+                done += 1
+            if progress is not None and scanned % PROGRESS_EVERY == 0:
+                progress(Tally(queue, scanned, done))
+            if limit is not None and done >= limit:
+                break
+    finally:
+        _release(channel)
+    return Tally(queue, scanned, done, _settle(channel, queue, total - done))
+
+
+def _act(channel: Any, held: _Held, send: _Send | None, stopped: str) -> None:
+    if send is not None:
+        try:
+            send(held.properties, held.body)  # returns once the broker confirmed the copy
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            raise PublishError(f"{stopped}: the broker refused the copy ({type(exc).__name__})") from exc
+    channel.basic_ack(held.tag)
+
+
+def _walk(channel: Any, queue: str, budget: int) -> Iterator[_Held]:
+    # Unacked messages are not handed out again, so `budget` gets see each message once.
+    for _ in range(budget):
+        method, properties, body = channel.basic_get(queue, auto_ack=False)
+        if method is None:
+            return
+        yield _Held(method.delivery_tag, properties, body)
+
+
+def _release(channel: Any) -> None:
+    # Tag 0 with multiple=True means every message this channel still holds. nack rather
+    # than reject: it does not count as a failed delivery in a quorum queue.
+    if channel.is_open:
+        channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+
+
+def _settle(channel: Any, queue: str, expected: int) -> int:
+    # The broker requeues asynchronously: a count (or a command run right after this one)
+    # could miss the messages just handed back. Wait, briefly, until they are visible;
+    # if they are not by then, they are still safe, only late.
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while (ready := count(channel, queue)) < expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ready
+
+
+def _structured(properties: pika.BasicProperties, body: bytes) -> Mapping[str, Any]:
+    # A structured-mode event carries its id and type in the body, not in headers.
+    if not (properties.content_type or "").startswith(STRUCTURED_JSON):
+        return {}
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def _dead_lettered_at(headers: Mapping[str, Any]) -> datetime | None:
+    value = headers.get(_HEADER + "last-failure") or _first_death(headers).get("time")
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    # pika decodes AMQP timestamps as naive datetimes in UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _first_death(headers: Mapping[str, Any]) -> Mapping[str, Any]:
+    # Set by the broker when it dead-lettered the message itself (a quorum queue's
+    # delivery limit), where our own headers are missing.
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return deaths[0]
+    return {}
+
+
+def _text(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _channel_error(settings: BroadcasterSettings, exc: pika.exceptions.ChannelClosedByBroker) -> BroadcasterError:
+    # Not BrokerUnavailable: the broker is there and said no (access refused, a queue of another type).
+    return BroadcasterError(
+        f"the broker at {settings.redacted_broker_url} refused: ({exc.reply_code}) {exc.reply_text}"
+    )
+
+
+def _unreachable(settings: BroadcasterSettings, what: str, exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    # pika's messages do not normally carry the URL, but never risk echoing the password.
+    password = urlsplit(settings.broker_url).password
+    if password:
+        text = text.replace(password, "***")
+    return f"{what} the broker at {settings.redacted_broker_url}: {type(exc).__name__}: {text}"
+
+
+def _close_quietly(conn: pika.BlockingConnection) -> None:
+    try:
+        if conn.is_open:
+            conn.close()
+    except _CONNECTION_ERRORS:
+        pass

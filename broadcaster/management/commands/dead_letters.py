@@ -1,0 +1,188 @@
+"""`manage.py dead_letters {list,replay,purge}`: the operator's tools for dead letters.
+
+One command with three subcommands, so the filters, the help and the broker handling are
+written once and `manage.py help dead_letters` shows the whole tool. The work happens in
+`broadcaster.deadletters`; this module only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from broadcaster import deadletters
+from broadcaster.deadletters import DeadLetter, Listing, Match, Tally
+from broadcaster.exceptions import BroadcasterError
+from broadcaster.settings import BroadcasterSettings, get_settings
+from broadcaster.topology import Topology
+
+DEFAULT_LIMIT = 100
+_ERROR_WIDTH = 60
+_COLUMNS = ("ID", "EVENT", "REASON", "ATTEMPTS", "AGE", "ERROR")
+
+
+class Command(BaseCommand):
+    help = "List, replay to the service queue, or purge the messages in this service's dead-letter queue."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True, metavar="{list,replay,purge}")
+        listing = actions.add_parser("list", help="show dead letters without removing them")
+        listing.add_argument(
+            "--limit", type=positive, default=DEFAULT_LIMIT, help=f"show at most this many (default {DEFAULT_LIMIT})"
+        )
+        listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        replay = actions.add_parser("replay", help="send dead letters back to the service queue, from attempt 1")
+        replay.add_argument("--limit", type=positive, help="replay at most this many")
+        purge = actions.add_parser("purge", help="delete dead letters for good")
+        purge.add_argument("--limit", type=positive, help="delete at most this many")
+        purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        for sub in (listing, replay, purge):
+            sub.add_argument("--event", help="only messages of this event type (ce-type or routing key)")
+            sub.add_argument("--id", dest="envelope_id", help="only the message with this envelope id (ce-id)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        action = options["action"]
+        match = Match(event=options["event"], id=options["envelope_id"])
+        if action == "purge" and not options["yes"] and not _interactive():
+            raise CommandError(
+                "dead_letters: refusing to purge without confirmation: stdin is not a terminal; pass --yes"
+            )
+        try:
+            settings = get_settings()
+            if action == "list":
+                self._list(settings, match, options["limit"], as_json=options["json"])
+            elif action == "replay":
+                self._replay(settings, match, options["limit"])
+            else:
+                self._purge(settings, match, options["limit"], confirmed=options["yes"])
+        except BroadcasterError as exc:
+            raise CommandError(f"dead_letters: {exc}") from exc
+
+    def _list(self, settings: BroadcasterSettings, match: Match, limit: int, *, as_json: bool) -> None:
+        queue = Topology.for_settings(settings).dead_letter_queue
+        with deadletters.connect(settings) as channel:
+            listing = deadletters.peek(channel, queue, limit=limit, match=match)
+        if as_json:
+            self.stdout.write(json.dumps(_listing_json(listing, match), indent=2))
+            return
+        if listing.letters:
+            self.stdout.write(_table(listing.letters))
+        shown, total = len(listing.letters), listing.total
+        scope = "" if match.everything else f" (matching {match}; {listing.scanned} looked at)"
+        self.stdout.write(f"listed {shown} of {total} {_plural(total)} in queue {queue!r}{scope}")
+
+    def _replay(self, settings: BroadcasterSettings, match: Match, limit: int | None) -> None:
+        topology = Topology.for_settings(settings)
+        with deadletters.connect(settings) as channel:
+            tally = deadletters.replay(
+                channel,
+                topology.dead_letter_queue,
+                topology.queue,
+                match=match,
+                limit=limit,
+                progress=self._progress("replayed"),
+            )
+        self.stdout.write(
+            f"replayed {tally.done} of {tally.scanned} {_plural(tally.scanned)} to queue {topology.queue!r}"
+            + _rest(tally, match)
+        )
+
+    def _purge(self, settings: BroadcasterSettings, match: Match, limit: int | None, *, confirmed: bool) -> None:
+        queue = Topology.for_settings(settings).dead_letter_queue
+        with deadletters.connect(settings) as channel:
+            total = deadletters.count(channel, queue)
+            if not confirmed and not self._confirm(queue, total, match, limit):
+                self.stdout.write("purge cancelled; nothing deleted")
+                return
+            tally = deadletters.purge(
+                channel, queue, match=match, limit=limit, upto=total, progress=self._progress("purged")
+            )
+        self.stdout.write(
+            f"purged {tally.done} of {tally.scanned} {_plural(tally.scanned)} from queue {queue!r}"
+            + _rest(tally, match)
+        )
+
+    def _confirm(self, queue: str, total: int, match: Match, limit: int | None) -> bool:
+        scope = "every dead letter" if match.everything else f"the dead letters matching {match}"
+        cap = f" (at most {limit})" if limit else ""
+        self.stdout.write(
+            f"Delete {scope}{cap} of the {total} in queue {queue!r}? This cannot be undone. [y/N] ", ending=""
+        )
+        self.stdout.flush()
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+    def _progress(self, verb: str) -> Callable[[Tally], None]:
+        def report(tally: Tally) -> None:
+            self.stderr.write(f"dead_letters: {tally.scanned} looked at, {tally.done} {verb} so far")
+
+        return report
+
+
+def _interactive() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # stdin closed
+        return False
+
+
+def _listing_json(listing: Listing, match: Match) -> dict[str, object]:
+    return {
+        "queue": listing.queue,
+        "total": listing.total,
+        "scanned": listing.scanned,
+        "filter": {"event": match.event, "id": match.id},
+        "dead_letters": [letter.as_json() for letter in listing.letters],
+    }
+
+
+def _table(letters: tuple[DeadLetter, ...]) -> str:
+    rows = [_COLUMNS, *(_row(letter) for letter in letters)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(_COLUMNS))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def _row(letter: DeadLetter) -> tuple[str, ...]:
+    error = (letter.error or "").replace("\n", " ")
+    if len(error) > _ERROR_WIDTH:
+        error = error[: _ERROR_WIDTH - 3] + "..."
+    attempts = "-" if letter.attempts is None else str(letter.attempts)
+    return (letter.id or "-", letter.event or "-", letter.reason or "-", attempts, format_age(letter.age), error)
+
+
+def format_age(seconds: float | None) -> str:
+    """A short human age: 42s, 5m, 3h10m, 2d4h."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m"
+    if whole < 86400:
+        hours, minutes = divmod(whole // 60, 60)
+        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
+    days, hours = divmod(whole // 3600, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
+
+
+def _rest(tally: Tally, match: Match) -> str:
+    scope = "" if match.everything else f" (matching {match})"
+    return f"{scope}; {tally.left} left in {tally.queue!r}"
+
+
+def _plural(number: int) -> str:
+    return "dead letter" if number == 1 else "dead letters"
+
+
+def positive(value: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    number = int(value)
+    if number < 1:
+        raise ValueError(value)
+    return number

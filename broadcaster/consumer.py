@@ -8,6 +8,7 @@ copied to the dead-letter queue with the reason in headers, and only then acked.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -73,6 +74,12 @@ class Consumer:
         self.settings = settings
         self.subscriptions = dict(subscriptions)
         self.topology = Topology.for_settings(settings)
+        instance_events = [e for e, sub in self.subscriptions.items() if sub.fanout == "instance"]
+        self.instance_topology = Topology.for_instance(settings) if instance_events else None
+        self._bindings = [
+            (self.topology, [e for e, sub in self.subscriptions.items() if sub.fanout == "service"]),
+            *([(self.instance_topology, instance_events)] if self.instance_topology else []),
+        ]
         self.prefetch = prefetch or settings.prefetch
         self.max_messages = max_messages
         self.counts: Counter[str] = Counter()
@@ -80,7 +87,7 @@ class Consumer:
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._last_prune: float | None = None
-        self._consumer_tag = ""
+        self._consumer_tags: list[str] = []
 
     @property
     def handled(self) -> int:
@@ -101,7 +108,7 @@ class Consumer:
         logger.info(
             "consume_signals: started service=%s queue=%s events=%s broker=%s prefetch=%d pid=%d",
             self.settings.service_name,
-            self.topology.queue,
+            ",".join(topology.queue for topology, _ in self._bindings),
             ",".join(sorted(self.subscriptions)) or "-",
             self.settings.redacted_broker_url,
             self.prefetch,
@@ -153,19 +160,24 @@ class Consumer:
             channel = conn.channel()
             channel.confirm_delivery()
             channel.basic_qos(prefetch_count=self.prefetch)
-            self.topology.declare(channel, self.subscriptions)
-            self._consumer_tag = channel.basic_consume(self.topology.queue, self._on_message)
+            self._consumer_tags = []
+            for topology, events in self._bindings:
+                topology.declare(channel, events)
+                callback = functools.partial(self._on_message, topology)
+                self._consumer_tags.append(channel.basic_consume(topology.queue, callback))
         except Exception:
             _close_quietly(conn)
             raise
         self._connection, self._channel = conn, channel
 
-    def _on_message(self, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
+    def _on_message(
+        self, topology: Topology, channel: Any, method: Any, properties: pika.BasicProperties, body: bytes
+    ) -> None:
         if self._stop.is_set():
             return  # left unacked: the broker redelivers it when the channel closes
         # As Django does around each request: a daemon lives for days, its DB connections must not.
         close_old_connections()
-        delivery = _Delivery(method, properties, body, _attempt(properties))
+        delivery = _Delivery(topology, method, properties, body, _attempt(properties))
         outcome = dispatch(
             properties, body, settings=self.settings, subscriptions=self.subscriptions, attempt=delivery.attempt
         )
@@ -173,11 +185,11 @@ class Consumer:
             channel.basic_nack(method.delivery_tag, requeue=True)
             self.counts["requeued"] += 1
             return
-        if outcome.action is Action.RETRY and delivery.attempt < self.settings.max_attempts:
-            self._republish(channel, delivery, outcome, self.topology.retry_queues[delivery.attempt - 1])
+        if outcome.action is Action.RETRY and delivery.attempt <= len(topology.retry_queues):
+            self._republish(channel, delivery, outcome, topology.retry_queues[delivery.attempt - 1])
             self.counts["retried"] += 1
         elif outcome.action is not Action.ACK:
-            self._republish(channel, delivery, outcome, self.topology.dead_letter_queue)
+            self._republish(channel, delivery, outcome, topology.dead_letter_queue)
             self.counts["dead-lettered"] += 1
             _log_dead_letter(outcome, delivery)
         else:
@@ -215,7 +227,7 @@ class Consumer:
                 _HEADER + "reason": outcome.reason,
                 _HEADER + "error": outcome.detail[:_ERROR_TEXT_LIMIT],
                 _HEADER + "exception": outcome.exception,
-                _HEADER + "queue": self.topology.queue,
+                _HEADER + "queue": delivery.topology.queue,
             }
         )
         if properties.user_id:
@@ -235,7 +247,8 @@ class Consumer:
             return
         try:
             if self._channel is not None and self._channel.is_open:
-                self._channel.basic_cancel(self._consumer_tag)
+                for tag in self._consumer_tags:
+                    self._channel.basic_cancel(tag)
         except _CONNECTION_ERRORS:
             pass
         self._drop_connection()
@@ -247,6 +260,7 @@ class Consumer:
 
 @dataclass(frozen=True, slots=True)
 class _Delivery:
+    topology: Topology
     method: Any
     properties: pika.BasicProperties
     body: bytes

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.db.models.signals import ModelSignal
@@ -49,6 +49,7 @@ _SCHEMA_VERSION = re.compile(r"^(\d+)\.(\d+)$")
 DEFAULT_SCHEMA_VERSION = "1.0"
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+Fanout = Literal["service", "instance"]
 
 # (signal being re-emitted, its envelope) while dispatching an incoming event.
 _handling: ContextVar[tuple[Signal, Envelope] | None] = ContextVar("broadcaster_handling", default=None)
@@ -127,6 +128,7 @@ class Subscription:
     inbox: bool = False
     upcasters: Mapping[int, Upcaster] = field(default_factory=dict)
     lossless: bool = False  # the schema has Decimal fields: JSON numbers must not pass through float
+    fanout: Fanout = "service"
 
     @property
     def major(self) -> int:
@@ -170,6 +172,7 @@ def subscribe(
     sender: object = None,
     inbox: bool = False,
     upcasters: Mapping[int, Upcaster] | None = None,
+    fanout: Fanout = "service",
 ) -> Signal:
     """Re-emit incoming `event` on a local signal, which is returned (made when not given).
 
@@ -178,13 +181,20 @@ def subscribe(
     transaction with a record of the envelope id, so a redelivery does not repeat them.
     `upcasters` maps an older major version N to a function that turns a version N
     payload (a dict) into a version N+1 one; messages of the same major are read as they
-    are, fields this service does not know being ignored.
+    are, fields this service does not know being ignored. With ``fanout="instance"``
+    every running daemon gets the event (cache invalidation), not just one per service.
     """
+    if fanout not in ("service", "instance"):
+        raise RegistrationError(f"event {event!r}: fanout must be 'service' or 'instance', not {fanout!r}")
     _check_event(event)
     version = _schema_version(schema)
     chain = _check_upcasters(event, _major(version), upcasters or {})
     if existing := _subscriptions.get(event):
-        same = existing.schema is schema and existing.inbox == inbox and dict(existing.upcasters) == chain
+        same = (
+            existing.schema is schema
+            and (existing.inbox, existing.fanout) == (inbox, fanout)
+            and dict(existing.upcasters) == chain
+        )
         if same and signal in (None, existing.signal):
             return existing.signal
         raise RegistrationError(f"event {event!r} is already subscribed with another schema, signal or options")
@@ -199,6 +209,7 @@ def subscribe(
         inbox,
         MappingProxyType(chain),
         _has_decimal(schema.__pydantic_core_schema__),
+        fanout,
     )
     return local
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -133,6 +134,14 @@ class BroadcasterSettings(BaseModel):
         alias="REQUIRE_USER_ID",
         description="Dead-letter incoming events whose broker-validated user_id is not their ce-source.",
     )
+    instance_id: str | None = Field(
+        None,
+        alias="INSTANCE_ID",
+        description="Stable name of this daemon for fanout='instance' queues (a pod name); host and pid if unset.",
+    )
+    instance_queue_expires: float = Field(
+        300.0, alias="INSTANCE_QUEUE_EXPIRES", gt=0, description="Seconds an unused instance queue is kept."
+    )
     reconnect_max_delay: float = Field(
         30.0,
         alias="RECONNECT_MAX_DELAY",
@@ -140,7 +149,7 @@ class BroadcasterSettings(BaseModel):
         description="Cap of the exponential back-off between reconnection attempts.",
     )
 
-    @field_validator("service_name", "exchange", "queue")
+    @field_validator("service_name", "exchange", "queue", "instance_id")
     @classmethod
     def _check_name(cls, value: str | None) -> str | None:
         if value is not None and not _NAME.match(value):
@@ -190,6 +199,11 @@ class BroadcasterSettings(BaseModel):
     def queue_name(self) -> str:
         """The durable queue every instance of this service consumes from."""
         return self.queue or self.service_name
+
+    @property
+    def instance_name(self) -> str:
+        """INSTANCE_ID, or this host and process."""
+        return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
 
     @property
     def max_attempts(self) -> int:

@@ -26,22 +26,40 @@ _QUORUM_DELIVERY_LIMIT = 50
 
 @dataclass(frozen=True)
 class Topology:
-    """The broker objects one service uses."""
+    """The broker objects one service (or one instance of it) uses."""
 
     exchange: str
     queue: str
     queue_type: str
     retry_delays: tuple[float, ...]
+    shared_dead_letter_queue: str | None = None  # an instance queue dead-letters to its service's
+    expires_ms: int | None = None  # an instance queue goes away this long after its daemon
 
     @classmethod
     def for_settings(cls, settings: BroadcasterSettings) -> Topology:
-        """The topology BROADCASTER describes."""
+        """The service's topology, shared by all its daemons."""
         return cls(settings.exchange, settings.queue_name, settings.queue_type, settings.retry_delays)
+
+    @classmethod
+    def for_instance(cls, settings: BroadcasterSettings) -> Topology:
+        """This daemon's own queue, for subscriptions with fanout="instance"."""
+        service = cls.for_settings(settings)
+        return cls(
+            settings.exchange,
+            f"{settings.queue_name}.instance.{settings.instance_name}",
+            "classic",  # transient by nature: it expires once its daemon is gone
+            # No delay queues: x-expires counts a queue without consumers as unused however
+            # many messages it holds, so they would vanish with their messages. A failing
+            # instance event goes straight to the service's dead-letter queue.
+            (),
+            shared_dead_letter_queue=service.dead_letter_queue,
+            expires_ms=round(settings.instance_queue_expires * 1000),
+        )
 
     @property
     def dead_letter_queue(self) -> str:
         """Where messages that can never succeed are kept, with the reason in headers."""
-        return f"{self.queue}.dead-letter"
+        return self.shared_dead_letter_queue or f"{self.queue}.dead-letter"
 
     @property
     def retry_queues(self) -> list[str]:
@@ -51,7 +69,8 @@ class Topology:
     def declare(self, channel: Any, events: Iterable[str]) -> None:
         """Declare everything (idempotently) on a blocking channel and bind `events`."""
         channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
-        channel.queue_declare(self.dead_letter_queue, durable=True, arguments=self._arguments())
+        if self.shared_dead_letter_queue is None:
+            channel.queue_declare(self.dead_letter_queue, durable=True, arguments=self._arguments())
         backstop: dict[str, Any] = {
             "x-dead-letter-exchange": _DEFAULT_EXCHANGE,
             "x-dead-letter-routing-key": self.dead_letter_queue,
@@ -72,4 +91,5 @@ class Topology:
             channel.queue_declare(name, durable=True, arguments=self._arguments(back))
 
     def _arguments(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"x-queue-type": self.queue_type, **(extra or {})}
+        expiry = {} if self.expires_ms is None else {"x-expires": self.expires_ms}
+        return {"x-queue-type": self.queue_type, **expiry, **(extra or {})}

@@ -209,3 +209,79 @@ def test_quorum_queues_by_setting(broker: Broker, settings: Any, daemon: Any, wi
     assert {name: types.get(name) for name in expected} == dict.fromkeys(expected, "quorum")
     send_shipped(9)
     wait_for(lambda: wired, "the event through a quorum queue")
+
+
+def test_instance_fanout_reaches_every_daemon_while_service_events_reach_one(
+    broker: Broker, settings: Any, wired: list[Any]
+) -> None:
+    invalidations: list[str] = []
+    flushed = Signal()
+
+    class CacheFlushed(BaseModel):
+        key: str
+
+    broadcaster.broadcast(flushed, event="catalog.cache_flushed", schema=CacheFlushed)
+    broadcaster.subscribe("catalog.cache_flushed", schema=CacheFlushed, fanout="instance").connect(
+        lambda key, **_: invalidations.append(key), weak=False
+    )
+    consumers, threads = [], []
+    for name in ("pod-a", "pod-b"):
+        settings.BROADCASTER = {**settings.BROADCASTER, "INSTANCE_ID": name, "INSTANCE_QUEUE_EXPIRES": 5}
+        consumer = Consumer(get_settings(), subscriptions())
+        consumers.append(consumer)
+        threads.append(threading.Thread(target=consumer.run, daemon=True))
+        threads[-1].start()
+        wait_for(lambda c=consumer: c._connection is not None, "a daemon to connect")
+    try:
+        flushed.send(sender=None, key="prices")
+        send_shipped(10)
+        wait_for(lambda: len(invalidations) == 2 and len(wired) == 1, "every instance and one service delivery")
+        time.sleep(0.3)  # nothing more may arrive
+        assert invalidations == ["prices", "prices"]
+        assert len(wired) == 1
+        assert {c.instance_topology.queue for c in consumers if c.instance_topology} == {
+            f"{broker.exchange}.instance.pod-a",
+            f"{broker.exchange}.instance.pod-b",
+        }
+    finally:
+        for consumer, thread in zip(consumers, threads, strict=True):
+            consumer.stop()
+            thread.join(10)
+    # Gone once their daemon is: x-expires removes an unused instance queue.
+    queue = f"{broker.exchange}.instance.pod-a"
+    wait_for(lambda: not _queue_exists(queue), "the instance queue to expire", timeout=20)
+
+
+def _queue_exists(name: str) -> bool:
+    # Not a passive declare: declaring a queue, even passively, resets its expiry timer.
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "name", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return name in listing.split()
+
+
+def test_a_failing_instance_event_is_dead_lettered_at_once(broker: Broker, settings: Any, daemon: Any) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "INSTANCE_ID": "pod-c"}
+    flushed = Signal()
+
+    class CacheFlushed(BaseModel):
+        key: str
+
+    def fail(**_: object) -> None:
+        raise RuntimeError("cache down")
+
+    broadcaster.broadcast(flushed, event="catalog.cache_flushed", schema=CacheFlushed)
+    broadcaster.subscribe("catalog.cache_flushed", schema=CacheFlushed, fanout="instance").connect(fail, weak=False)
+    consumer = daemon()
+    assert consumer.instance_topology is not None
+    assert consumer.instance_topology.retry_queues == []
+    flushed.send(sender=None, key="prices")
+    broadcaster.flush(10)
+    wait_for(lambda: broker.count(consumer.topology.dead_letter_queue) == 1, "the dead letter")
+    [dead] = broker.drain(consumer.topology.dead_letter_queue)
+    assert dead.headers["x-broadcaster-queue"] == f"{broker.exchange}.instance.pod-c"
+    assert dead.headers["x-broadcaster-reason"] == "receiver-error"

@@ -23,7 +23,7 @@ import pika
 import pika.exceptions
 from django.db import close_old_connections
 
-from broadcaster import connection, publisher
+from broadcaster import connection, observability, publisher
 from broadcaster.connection import describe
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
@@ -177,26 +177,46 @@ class Consumer:
             return  # left unacked: the broker redelivers it when the channel closes
         # As Django does around each request: a daemon lives for days, its DB connections must not.
         close_old_connections()
+        started = time.perf_counter()
         delivery = _Delivery(topology, method, properties, body, _attempt(properties))
         outcome = dispatch(
             properties, body, settings=self.settings, subscriptions=self.subscriptions, attempt=delivery.attempt
         )
-        if outcome.action is Action.ACK and not self._flush_caused_events(outcome):
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            self.counts["requeued"] += 1
-            return
-        if outcome.action is Action.RETRY and delivery.attempt <= len(topology.retry_queues):
-            self._republish(channel, delivery, outcome, topology.retry_queues[delivery.attempt - 1])
-            self.counts["retried"] += 1
-        elif outcome.action is not Action.ACK:
-            self._republish(channel, delivery, outcome, topology.dead_letter_queue)
-            self.counts["dead-lettered"] += 1
-            _log_dead_letter(outcome, delivery)
-        else:
-            self.counts["acked"] += 1
-        channel.basic_ack(method.delivery_tag)
+        result = self._settle(channel, delivery, outcome)
+        self.counts[result] += 1
+        observability.handled(
+            outcome.envelope, self._event_label(outcome), result, outcome.reason, time.perf_counter() - started
+        )
         if self.max_messages is not None and self.handled >= self.max_messages:
             self.stop()
+
+    def _settle(self, channel: Any, delivery: _Delivery, outcome: Outcome) -> str:
+        """Ack, retry or dead-letter one message; return which."""
+        tag, topology = delivery.method.delivery_tag, delivery.topology
+        if outcome.action is Action.ACK and not self._flush_caused_events(outcome):
+            channel.basic_nack(tag, requeue=True)
+            return "requeued"
+        if outcome.action is Action.RETRY and delivery.attempt <= len(topology.retry_queues):
+            self._republish(channel, delivery, outcome, topology.retry_queues[delivery.attempt - 1])
+            result = "retried"
+        elif outcome.action is not Action.ACK:
+            self._republish(channel, delivery, outcome, topology.dead_letter_queue)
+            _log_dead_letter(outcome, delivery)
+            result = "dead-lettered"
+        else:
+            result = "acked"
+        channel.basic_ack(tag)
+        return result
+
+    def _event_label(self, outcome: Outcome) -> str:
+        # Only subscribed types become labels: hostile input must not mint new series.
+        event = outcome.envelope.type if outcome.envelope else ""
+        return event if event in self.subscriptions else "(other)"
+
+    def healthy(self) -> bool:
+        """Connected and not stopping: what a container liveness probe should see."""
+        conn = self._connection
+        return conn is not None and conn.is_open and not self._stop.is_set()
 
     def _flush_caused_events(self, outcome: Outcome) -> bool:
         # Events the receivers fired must be safe at the broker before the message that

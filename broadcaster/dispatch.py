@@ -17,7 +17,7 @@ from typing import Any
 import pika
 from pydantic import ValidationError
 
-from broadcaster import signing
+from broadcaster import observability, signing
 from broadcaster.envelope import Envelope, IncomingMessage, decode
 from broadcaster.exceptions import HopLimitExceeded, RejectedMessage
 from broadcaster.registry import Subscription, handling
@@ -169,7 +169,7 @@ def _upcast(subscription: Subscription, major: int, data: bytes | object) -> obj
 
 def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]) -> Outcome:
     def receivers() -> None:
-        with handling(subscription.signal, envelope):
+        with handling(subscription.signal, envelope), observability.receiving(envelope):
             subscription.signal.send(sender=subscription.sender, envelope=envelope, **fields)
 
     try:

@@ -58,6 +58,7 @@ class Envelope:
         subject: str | None = None,
         schema_version: str | None = None,
         cause: Envelope | None = None,
+        traceparent: str | None = None,
     ) -> Envelope:
         """Make the envelope of an event fired now, caused by `cause` when given."""
         return cls(
@@ -69,6 +70,7 @@ class Envelope:
             schema_version=schema_version,
             causation_id=cause.id if cause else None,
             hops=cause.hops + 1 if cause else 0,
+            traceparent=traceparent,
         )
 
     def headers(self) -> dict[str, str]:

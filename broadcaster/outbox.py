@@ -20,6 +20,7 @@ from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transacti
 from django.db.models import F
 from django.utils import timezone
 
+from broadcaster import observability
 from broadcaster.envelope import envelope_from_headers
 from broadcaster.exceptions import PublishError
 from broadcaster.models import OutboxEvent
@@ -69,6 +70,9 @@ class Relay:
             if count < self.settings.outbox_batch:
                 break
         self._prune_now_and_then()
+        observability.set_outbox_backlog(
+            OutboxEvent.objects.using(self.using).filter(published_at__isnull=True).count()
+        )
         return total
 
     def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:

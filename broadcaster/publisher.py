@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from pika.adapters.select_connection import IOLoop, SelectConnection
 from pika.spec import Basic
 
-from broadcaster import connection, signing
+from broadcaster import connection, observability, signing
 from broadcaster.envelope import JSON, properties_for
 from broadcaster.exceptions import FlushTimeout, PublishBufferFull
 from broadcaster.registry import OutboundMessage
@@ -91,6 +91,7 @@ class Publisher:
         with self._cond:
             if self.pending >= self._settings.max_buffer:
                 self._wait_for_room()
+            observability.published(message.envelope.type)
             self._buffer.append(message)
             wake = self._ready and not self._wakeup_pending
             self._wakeup_pending = self._wakeup_pending or wake
@@ -101,6 +102,7 @@ class Publisher:
     def _wait_for_room(self) -> None:
         limit = self._settings.max_buffer
         if not self._cond.wait_for(lambda: self.pending < limit, self._settings.publish_timeout):
+            observability.publish_failed("buffer-full")
             raise PublishBufferFull(
                 f"{self.pending} events are waiting for the broker at {self._settings.redacted_broker_url} "
                 f"(MAX_BUFFER={limit}) and none was confirmed within PUBLISH_TIMEOUT "
@@ -141,6 +143,7 @@ class Publisher:
             self._thread = threading.Thread(target=self._run, name="broadcaster-publisher", daemon=True)
             self._thread.start()
             atexit.register(self._close_at_exit)
+            observability.watch_buffer(lambda: self.pending)
         return self._ioloop
 
     # -- I/O thread ----------------------------------------------------------------
@@ -206,6 +209,10 @@ class Publisher:
                 logger.warning("broker nacked %d event(s); publishing them again", len(done))
                 self._requeue(done)
             self._cond.notify_all()
+        if nacked:
+            observability.publish_failed("nack", len(done))
+        else:
+            observability.confirmed([message.envelope for message in done])
         if nacked and self._ioloop is not None:
             self._ioloop.call_later(0.1, self._drain)
 

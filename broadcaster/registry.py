@@ -22,6 +22,7 @@ from django.db.models.signals import ModelSignal
 from django.dispatch import Signal
 from pydantic import BaseModel, ValidationError
 
+from broadcaster import observability
 from broadcaster.envelope import Envelope
 from broadcaster.exceptions import (
     HopLimitExceeded,
@@ -112,6 +113,7 @@ class Broadcast:
             subject=_label(sender),
             schema_version=self.schema_version,
             cause=cause,
+            traceparent=observability.current_traceparent(),
         )
         return OutboundMessage(envelope, body)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +14,9 @@ import pika.exceptions
 import pytest
 
 from broadcaster import registry
+from broadcaster.consumer import Consumer
 from broadcaster.publisher import reset_publisher
+from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
 from broadcaster.topology import Topology
 
@@ -105,7 +109,7 @@ def broker(settings: Any) -> Iterator[Broker]:
 def clean_registry() -> Iterator[None]:
     """Registrations made by a test do not leak into the next one."""
     broadcasts = dict(registry._broadcasts)
-    subscriptions = dict(registry._subscriptions)
+    subscribed = dict(registry._subscriptions)
     yield
     for key, receiver in list(registry._broadcasts.items()):
         if key not in broadcasts:
@@ -113,4 +117,31 @@ def clean_registry() -> Iterator[None]:
     registry._broadcasts.clear()
     registry._broadcasts.update(broadcasts)
     registry._subscriptions.clear()
-    registry._subscriptions.update(subscriptions)
+    registry._subscriptions.update(subscribed)
+
+
+@pytest.fixture
+def daemon(broker: Broker, settings: Any) -> Iterator[Callable[..., Consumer]]:
+    """Start a Consumer on a thread; stopped and joined at teardown."""
+    started: list[tuple[Consumer, threading.Thread]] = []
+
+    def start(**options: Any) -> Consumer:
+        consumer = Consumer(get_settings(), subscriptions(), **options)
+        thread = threading.Thread(target=consumer.run, daemon=True)
+        thread.start()
+        started.append((consumer, thread))
+        wait_for(lambda: consumer._connection is not None, "the consumer to connect")
+        return consumer
+
+    yield start
+    for consumer, thread in started:
+        consumer.stop()
+        thread.join(10)
+        assert not thread.is_alive(), "consumer did not stop"
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

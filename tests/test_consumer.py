@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +21,7 @@ from broadcaster.exceptions import BrokerUnavailable
 from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
 from broadcaster.topology import Topology
-from tests.conftest import Broker
+from tests.conftest import Broker, wait_for
 
 
 class Shipped(BaseModel):
@@ -31,33 +30,6 @@ class Shipped(BaseModel):
 
 
 shipped = Signal()
-
-
-@pytest.fixture
-def daemon(broker: Broker, settings: Any) -> Iterator[Callable[..., Consumer]]:
-    """Start a Consumer on a thread; stopped and joined at teardown."""
-    started: list[tuple[Consumer, threading.Thread]] = []
-
-    def start(**options: Any) -> Consumer:
-        consumer = Consumer(get_settings(), subscriptions(), **options)
-        thread = threading.Thread(target=consumer.run, daemon=True)
-        thread.start()
-        started.append((consumer, thread))
-        wait_for(lambda: consumer._connection is not None, "the consumer to connect")
-        return consumer
-
-    yield start
-    for consumer, thread in started:
-        consumer.stop()
-        thread.join(10)
-        assert not thread.is_alive(), "consumer did not stop"
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def send_shipped(order_id: int) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from broadcaster import observability
 from broadcaster.consumer import Consumer
 from broadcaster.daemon import log_to_stderr_unless_configured, stop_on_signals
 from broadcaster.exceptions import BroadcasterError
@@ -21,6 +22,7 @@ class Command(BaseCommand):
             "--prefetch", type=positive, help="unacknowledged messages held at once (default: PREFETCH)"
         )
         parser.add_argument("--max-messages", type=positive, help="stop after handling this many messages")
+        parser.add_argument("--metrics-port", type=int, help="serve /metrics (Prometheus) and /healthz on this port")
 
     def handle(self, *args: Any, **options: Any) -> None:
         log_to_stderr_unless_configured()
@@ -30,6 +32,8 @@ class Command(BaseCommand):
                 settings, subscriptions(), prefetch=options["prefetch"], max_messages=options["max_messages"]
             )
             stop_on_signals("consume_signals", consumer.stop, settings.shutdown_timeout)
+            if options["metrics_port"] is not None:
+                observability.serve(options["metrics_port"], consumer.healthy)
             consumer.run()
         except BroadcasterError as exc:
             raise CommandError(f"consume_signals: {exc}") from exc

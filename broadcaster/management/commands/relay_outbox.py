@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
+from broadcaster import observability
 from broadcaster.daemon import log_to_stderr_unless_configured, stop_on_signals
 from broadcaster.exceptions import BroadcasterError
 from broadcaster.outbox import Relay
@@ -23,6 +24,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--once", action="store_true", help="publish what is waiting, then exit")
         parser.add_argument("--database", default=DEFAULT_DB_ALIAS, help="database alias of the outbox")
+        parser.add_argument("--metrics-port", type=int, help="serve /metrics (Prometheus) and /healthz on this port")
 
     def handle(self, *args: Any, **options: Any) -> None:
         log_to_stderr_unless_configured()
@@ -34,6 +36,8 @@ class Command(BaseCommand):
                 return
             stop = threading.Event()
             stop_on_signals("relay_outbox", stop.set, settings.shutdown_timeout)
+            if options["metrics_port"] is not None:
+                observability.serve(options["metrics_port"], lambda: not stop.is_set())
             logger.info("relay_outbox: started database=%s broker=%s", relay.using, settings.redacted_broker_url)
             relay.run(stop)
             logger.info("relay_outbox: stopped after publishing %d event(s)", relay.published)

@@ -1,0 +1,213 @@
+"""What operators see: one log line per handled event, Prometheus metrics, trace context.
+
+- Logs: ``broadcaster.events`` logs each handled event at INFO with `event`, `id`,
+  `source`, `attempt`, `outcome` and `duration_ms`, in the text and as `extra` fields
+  for JSON formatters.
+- Metrics (extra ``prometheus``): counters and histograms below, served with a health
+  endpoint by ``consume_signals --metrics-port`` / ``relay_outbox --metrics-port``.
+- Traces (extra ``otel``): the trace context of the code that fired the signal travels
+  in ``ce-traceparent``, and the remote receivers run in a span that continues it.
+
+Without the optional packages every hook here is a cheap no-op.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from broadcaster.envelope import Envelope
+
+__all__ = [
+    "confirmed",
+    "current_traceparent",
+    "handled",
+    "publish_failed",
+    "published",
+    "receiving",
+    "serve",
+    "set_outbox_backlog",
+    "watch_buffer",
+]
+
+events_logger = logging.getLogger("broadcaster.events")
+
+
+def _optional(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+prometheus = _optional("prometheus_client")
+trace = _optional("opentelemetry.trace")
+propagate = _optional("opentelemetry.propagate")
+otel_context = _optional("opentelemetry.context")
+
+
+class _Metrics:
+    """The Prometheus metrics, made once per process when prometheus_client is there."""
+
+    def __init__(self) -> None:
+        assert prometheus is not None
+        self.published = prometheus.Counter("broadcaster_published", "Events handed to the publisher", ["event"])
+        self.confirmed = prometheus.Counter("broadcaster_confirmed", "Events confirmed by the broker", ["event"])
+        self.failed = prometheus.Counter(
+            "broadcaster_publish_failed", "Events nacked by the broker or refused by a full buffer", ["reason"]
+        )
+        self.publish_latency = prometheus.Histogram(
+            "broadcaster_publish_latency_seconds", "From send() to the broker's confirm", ["event"]
+        )
+        self.consumed = prometheus.Counter(
+            "broadcaster_consumed", "Messages handled by the daemon", ["event", "outcome"]
+        )
+        self.dead_lettered = prometheus.Counter("broadcaster_dead_lettered", "Messages dead-lettered", ["reason"])
+        self.handling = prometheus.Histogram(
+            "broadcaster_handling_seconds", "Time to decode, validate and run the receivers", ["event"]
+        )
+        self.buffer = prometheus.Gauge("broadcaster_publisher_buffer", "Events not yet confirmed by the broker")
+        self.outbox_backlog = prometheus.Gauge("broadcaster_outbox_backlog", "Outbox rows not yet published")
+
+
+_metrics: _Metrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def _get_metrics() -> _Metrics | None:
+    global _metrics  # noqa: PLW0603 - registered once per process with prometheus_client
+    if prometheus is None:
+        return None
+    if _metrics is None:
+        with _metrics_lock:
+            if _metrics is None:
+                _metrics = _Metrics()
+    return _metrics
+
+
+def published(event: str) -> None:
+    """An event was handed to the publisher."""
+    if metrics := _get_metrics():
+        metrics.published.labels(event).inc()
+
+
+def confirmed(envelopes: list[Envelope]) -> None:
+    """The broker confirmed these events (called on the publisher thread)."""
+    if not envelopes or (metrics := _get_metrics()) is None:
+        return
+    now = time.time()
+    for envelope in envelopes:
+        metrics.confirmed.labels(envelope.type).inc()
+        metrics.publish_latency.labels(envelope.type).observe(max(0.0, now - envelope.time.timestamp()))
+
+
+def publish_failed(reason: str, count: int = 1) -> None:
+    """`count` events were nacked (reason ``nack``) or refused (``buffer-full``)."""
+    if metrics := _get_metrics():
+        metrics.failed.labels(reason).inc(count)
+
+
+def watch_buffer(pending: Callable[[], int]) -> None:
+    """Report the publisher's buffer size at every scrape."""
+    if metrics := _get_metrics():
+        metrics.buffer.set_function(pending)
+
+
+def set_outbox_backlog(rows: int) -> None:
+    """Report the number of unpublished outbox rows."""
+    if metrics := _get_metrics():
+        metrics.outbox_backlog.set(rows)
+
+
+def handled(envelope: Envelope | None, event: str, outcome: str, reason: str, seconds: float) -> None:
+    """Log and count one message the daemon finished with."""
+    fields = {
+        "event": event,
+        "id": envelope.id if envelope else None,
+        "source": envelope.source if envelope else None,
+        "attempt": envelope.attempt if envelope else None,
+        "outcome": outcome,
+        "reason": reason or None,
+        "duration_ms": round(seconds * 1000, 3),
+    }
+    level = logging.INFO if outcome == "acked" else logging.WARNING
+    if events_logger.isEnabledFor(level):
+        text = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
+        events_logger.log(level, "handled %s", text, extra={"broadcaster": fields})
+    if metrics := _get_metrics():
+        metrics.consumed.labels(event, outcome).inc()
+        metrics.handling.labels(event).observe(seconds)
+        if outcome == "dead-lettered":
+            metrics.dead_lettered.labels(reason).inc()
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the active span, to send as ``ce-traceparent``."""
+    if trace is None or propagate is None or not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+@contextmanager
+def receiving(envelope: Envelope) -> Iterator[None]:
+    """Run the receivers of a remote event in a span continuing its sender's trace."""
+    if trace is None or propagate is None or otel_context is None:
+        yield
+        return
+    parent = propagate.extract({"traceparent": envelope.traceparent} if envelope.traceparent else {})
+    token = otel_context.attach(parent)
+    try:
+        tracer = trace.get_tracer("broadcaster")
+        with tracer.start_as_current_span(
+            f"{envelope.type} receive",
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.destination.name": envelope.type,
+                "messaging.message.id": envelope.id,
+                "cloudevents.event_source": envelope.source,
+            },
+        ):
+            yield
+    finally:
+        otel_context.detach(token)
+
+
+def serve(port: int, healthy: Callable[[], bool], host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    """Serve /metrics (Prometheus) and /healthz (200 while `healthy()`) on a thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/healthz"):
+                ok = healthy()
+                self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
+            elif self.path.startswith("/metrics") and prometheus is not None:
+                self._reply(200, prometheus.generate_latest(), prometheus.CONTENT_TYPE_LATEST)
+            elif self.path.startswith("/metrics"):
+                self._reply(501, b"install django-signal-broadcaster[prometheus]\n", "text/plain")
+            else:
+                self._reply(404, b"not found\n", "text/plain")
+
+        def _reply(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # probes every few seconds would drown the daemon's own log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="broadcaster-metrics", daemon=True).start()
+    return server

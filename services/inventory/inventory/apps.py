@@ -14,6 +14,8 @@ class InventoryConfig(AppConfig):
         from inventory import receivers  # noqa: F401 (connects the receivers)
         from inventory.signals import order_placed_remote, stock_low, stock_reserved
 
-        broadcaster.subscribe("orders.order_placed", schema=OrderPlaced, signal=order_placed_remote)
+        # inbox=True: the reservation, the events it fires and the record of this event id
+        # commit together, so a redelivered order_placed reserves nothing twice.
+        broadcaster.subscribe("orders.order_placed", schema=OrderPlaced, signal=order_placed_remote, inbox=True)
         broadcaster.broadcast(stock_reserved, event="inventory.stock_reserved", schema=StockReserved)
         broadcaster.broadcast(stock_low, event="inventory.stock_low", schema=StockLow)

@@ -29,7 +29,8 @@ def reserve_stock(
 
     The signals sent here are published when the transaction commits, with this
     envelope as their cause; if a line fails, nothing is reserved or published and
-    the event is retried.
+    the event is retried. A redelivered event never gets here: the subscription's
+    inbox (inbox=True in apps.py) records the envelope id in this same transaction.
     """
     with transaction.atomic():
         for line in lines:
@@ -37,9 +38,6 @@ def reserve_stock(
 
 
 def reserve_line(envelope_id: str, order_id: int, line: OrderLine) -> None:
-    if Reservation.objects.filter(envelope_id=envelope_id, sku=line.sku).exists():
-        logger.info("order #%s: %s already reserved (redelivered event)", order_id, line.sku)
-        return
     item = StockItem.objects.select_for_update().filter(sku=line.sku).first()
     if item is None:
         logger.warning("order #%s: unknown SKU %s, nothing reserved", order_id, line.sku)

@@ -43,8 +43,15 @@ logger = logging.getLogger(__name__)
 class Transport(Protocol):
     """What the library needs from a publisher; `PikaPublisher` is the real one."""
 
-    def publish(self, message: OutboundMessage) -> None:
-        """Take `message`; it reaches the broker later, or is kept and retried."""
+    def publish(self, message: OutboundMessage, *, wait: bool = True) -> None:
+        """Take `message`; it reaches the broker later, or is kept and retried.
+
+        With `wait`, a full buffer makes it wait for room (PublishBufferFull after
+        PUBLISH_TIMEOUT); without, the message is taken over the bound.
+        """
+
+    def ensure_room(self) -> None:
+        """Wait at most PUBLISH_TIMEOUT for room for one more message, or raise PublishBufferFull."""
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every message taken is confirmed, or raise FlushTimeout."""
@@ -86,10 +93,20 @@ class Publisher:
         """Messages taken and not yet confirmed by the broker."""
         return len(self._buffer) + len(self._unconfirmed)
 
-    def publish(self, message: OutboundMessage) -> None:
-        """Buffer `message` for the I/O thread; wait at most PUBLISH_TIMEOUT for room."""
+    def ensure_room(self) -> None:
+        """Wait at most PUBLISH_TIMEOUT for room for one more message, or raise PublishBufferFull."""
         with self._cond:
             if self.pending >= self._settings.max_buffer:
+                self._wait_for_room()
+
+    def publish(self, message: OutboundMessage, *, wait: bool = True) -> None:
+        """Buffer `message` for the I/O thread; with `wait`, wait at most PUBLISH_TIMEOUT for room.
+
+        After a commit the library publishes with ``wait=False``: room was checked in
+        send(), inside the transaction, and an event of a committed change is never refused.
+        """
+        with self._cond:
+            if wait and self.pending >= self._settings.max_buffer:
                 self._wait_for_room()
             observability.published(message.envelope.type)
             self._buffer.append(message)

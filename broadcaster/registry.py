@@ -89,7 +89,10 @@ class Broadcast:
         if get_settings().publish_mode == "outbox" and not _test_transport():
             _store_in_outbox(message, using)
         elif transaction.get_connection(using).in_atomic_block:
-            transaction.on_commit(lambda: _publish(message), using=using)
+            # A full buffer must fail the request now, while the transaction can still roll
+            # back; after the commit the event is always taken (see Publisher.publish).
+            _ensure_room()
+            transaction.on_commit(lambda: _publish(message, wait=False), using=using, robust=True)
         else:
             # What on_commit would do in autocommit mode, without opening a DB connection.
             _publish(message)
@@ -261,10 +264,16 @@ def handling(signal: Signal, envelope: Envelope) -> Iterator[None]:
         _handling.reset(token)
 
 
-def _publish(message: OutboundMessage) -> None:
+def _publish(message: OutboundMessage, *, wait: bool = True) -> None:
     from broadcaster.publisher import get_publisher  # noqa: PLC0415 - publisher imports this module
 
-    get_publisher().publish(message)
+    get_publisher().publish(message, wait=wait)
+
+
+def _ensure_room() -> None:
+    from broadcaster.publisher import get_publisher  # noqa: PLC0415 - publisher imports this module
+
+    get_publisher().ensure_room()
 
 
 def _test_transport() -> bool:

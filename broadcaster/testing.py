@@ -65,12 +65,15 @@ class Capture(list[CapturedEvent]):
 
     # The Transport interface the publisher seam expects.
 
-    def publish(self, message: OutboundMessage) -> None:
+    def publish(self, message: OutboundMessage, *, wait: bool = True) -> None:
         """Record `message` (called after commit)."""
         self.append(CapturedEvent(message.envelope, message.body))
 
     def flush(self, timeout: float | None = None) -> None:
         """Nothing waits for a broker here."""
+
+    def ensure_room(self) -> None:
+        """A capture is never full."""
 
     def close(self, timeout: float | None = None) -> None:
         """Nothing to close."""
@@ -139,9 +142,9 @@ class InMemoryBroker(Capture):
         self.outcomes: list[Outcome] = []
         self._transport: Any = None
 
-    def publish(self, message: OutboundMessage) -> None:
+    def publish(self, message: OutboundMessage, *, wait: bool = True) -> None:
         """Record `message`, then deliver it if this process subscribes to its type."""
-        super().publish(message)
+        super().publish(message, wait=wait)
         if message.envelope.type in subscriptions():
             outcome = deliver(message.envelope.type, message.body, envelope=message.envelope, raise_errors=False)
             self.outcomes.append(outcome)

@@ -190,3 +190,36 @@ def test_datetime_fields_are_rfc3339(broker: Broker) -> None:
     broadcaster.broadcast(stamped, event="t.stamped", schema=Stamped)
     [message] = publish_and_read(broker, lambda: stamped.send(sender=None, at=datetime(2026, 1, 1, 12)))
     assert message["body"] == {"at": "2026-01-01T12:00:00"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_full_buffer_fails_the_request_inside_its_transaction(settings: Any) -> None:
+    from broadcaster import publisher as publisher_module
+    from broadcaster.exceptions import PublishBufferFull
+
+    settings.BROADCASTER = {
+        **settings.BROADCASTER,
+        "BROKER_URL": "amqp://guest:guest@127.0.0.1:1/%2F",  # nothing is ever confirmed
+        "MAX_BUFFER": 2,
+        "PUBLISH_TIMEOUT": 0.2,
+    }
+    broadcaster.broadcast(order_placed, event="orders.order_placed", schema=OrderPlaced)
+    try:
+        with transaction.atomic():  # two events fit; both are taken at commit
+            order_placed.send(sender=None, order_id=1, total=1, lines=LINES)
+            order_placed.send(sender=None, order_id=2, total=1, lines=LINES)
+        publisher = publisher_module.get_publisher()
+        assert publisher.pending == 2
+
+        def third_order() -> None:
+            with transaction.atomic():
+                Article.objects.create(title="order 3's row")
+                order_placed.send(sender=None, order_id=3, total=1, lines=LINES)
+
+        with pytest.raises(PublishBufferFull):
+            third_order()
+        assert not Article.objects.exists()  # the request failed before its commit: nothing half-done
+        assert publisher.pending == 2
+    finally:
+        publisher_module.get_publisher()._closing = True  # type: ignore[attr-defined]
+        publisher_module._publisher = None

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VENV42 := .venv-django42
 STAMP42 := $(VENV42)/.installed
 
-.PHONY: demo test lint typecheck suite django42 faults services bench clean
+.PHONY: demo test lint typecheck suite django42 faults services bench docs clean
 
 # $(call venv,DIR,EXTRA-REQUIREMENTS): a venv with the project and its dev extras.
 define venv
@@ -46,6 +46,14 @@ faults: $(STAMP) services
 	$(BIN)/pytest -m faults
 
 test: lint typecheck suite django42 faults
+
+# Raw pika baselines and the library in one run; writes bench/results/ (see bench/README.md).
+bench: $(STAMP) services
+	$(BIN)/python -m bench
+
+# The guide in docs/, with the reference pages generated from the code; fails on any warning.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir build/docs
 
 clean:
 	rm -rf $(VENV) $(VENV42) services/.data .mypy_cache .ruff_cache .pytest_cache

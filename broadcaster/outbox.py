@@ -28,7 +28,7 @@ from broadcaster.publisher import Publisher
 from broadcaster.registry import OutboundMessage
 from broadcaster.settings import BroadcasterSettings, get_settings
 
-__all__ = ["Relay", "store", "wake"]
+__all__ = ["Relay", "stop_web_relay", "store", "wake"]
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +198,14 @@ class _WebRelay:
         self._aliases: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def stop(self, timeout: float) -> None:
+        """Finish the batch in hand and end the thread (its rows stay for the next relay)."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def wake(self, using: str) -> None:
         with self._lock:
@@ -211,18 +219,22 @@ class _WebRelay:
         relays: dict[str, Relay] = {}
         failures = 0
         blocked = False
-        while True:
+        while not self._stopping:
             # Idle until a commit wakes us; poll while another relay holds the turn, and
             # after a failure try again with back-off.
             interval = get_settings().outbox_poll_interval
             retry_in = interval * min(2**failures, 30) if failures else (interval if blocked else None)
             self._wake.wait(retry_in)
             self._wake.clear()
+            if self._stopping:
+                break
             with self._lock:
                 aliases = sorted(self._aliases)
             results = [_relay_quietly(_current(relays, using)) for using in aliases]
             failures = failures + 1 if not all(ok for ok, _ in results) else 0
             blocked = any(was_blocked for _, was_blocked in results)
+        for relay in relays.values():
+            relay.close()
 
 
 def _current(relays: dict[str, Relay], using: str) -> Relay:
@@ -261,3 +273,12 @@ def wake(using: str = DEFAULT_DB_ALIAS) -> None:
             _web_relay = _WebRelay()
         relay = _web_relay
     relay.wake(using)
+
+
+def stop_web_relay(timeout: float = 10.0) -> None:
+    """Stop this process's in-process relay thread, if it runs (tests, orderly shutdowns)."""
+    global _web_relay
+    with _web_lock:
+        relay, _web_relay = _web_relay, None
+    if relay is not None and relay.pid == os.getpid():
+        relay.stop(timeout)

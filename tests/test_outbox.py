@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 import broadcaster
 from broadcaster.exceptions import PublishError
 from broadcaster.models import OutboxEvent
-from broadcaster.outbox import Relay
+from broadcaster.outbox import Relay, stop_web_relay
 from broadcaster.settings import get_settings
 from tests.conftest import Broker
 from tests.testapp.models import Article
@@ -34,10 +35,11 @@ class ArticleSaved(BaseModel):
 
 
 @pytest.fixture
-def outbox_mode(settings: Any, broker: Broker) -> Broker:
+def outbox_mode(settings: Any, broker: Broker) -> Iterator[Broker]:
     settings.BROADCASTER = {**settings.BROADCASTER, "PUBLISH_MODE": "outbox", "OUTBOX_BATCH": 50}
     broadcaster.broadcast(post_save, sender=Article, event="tests.article_saved", schema=ArticleSaved)
-    return broker
+    yield broker
+    stop_web_relay()  # its thread must not outlive the test's database
 
 
 def titles(broker: Broker, queue: str) -> list[str]:

@@ -16,7 +16,7 @@ import os
 import threading
 from datetime import timedelta
 
-from django.db import DEFAULT_DB_ALIAS, OperationalError, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, OperationalError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -86,6 +86,12 @@ class Relay:
                 failures += 1
                 published = 0
                 logger.warning("relay_outbox: broker did not take the outbox rows (%s); retrying", exc)
+            except DatabaseError as exc:
+                # A database restart or failover: the rows are safe there; try again later.
+                failures += 1
+                published = 0
+                logger.warning("relay_outbox: database error (%s); retrying", exc)
+                connections[self.using].close()
             if published == 0 and not stop.is_set():  # idle, or another relay has the turn
                 delay = self.settings.outbox_poll_interval * min(2**failures, 30)
                 (wake or stop).wait(delay)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
+import pika.exceptions
 from pika.adapters.select_connection import IOLoop, SelectConnection
 from pika.spec import Basic
 
@@ -202,7 +203,8 @@ class Publisher:
     def _drain(self) -> None:
         with self._cond:
             self._wakeup_pending = False
-            if not self._ready:
+            # A wake-up queued before the channel began closing must leave the buffer alone.
+            if not self._ready or self._channel is None or not self._channel.is_open:
                 return
             batch = list(self._buffer)
             self._buffer.clear()
@@ -215,7 +217,13 @@ class Publisher:
             if self._signing_key is not None:
                 signing.sign(headers, JSON, message.body, self._signing_key)
             properties = properties_for(message.envelope, user_id=self._user_id, headers=headers)
-            self._channel.basic_publish(exchange, message.routing_key, message.body, properties)
+            try:
+                self._channel.basic_publish(exchange, message.routing_key, message.body, properties)
+            except pika.exceptions.AMQPError as exc:
+                # The batch is in _unconfirmed already: closing the connection hands it back.
+                logger.warning("publisher could not publish (%s); reconnecting", connection.describe(exc))
+                self._close_connection()
+                return
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -252,6 +260,11 @@ class Publisher:
     def _on_channel_closed(self, _channel: object, reason: Exception) -> None:
         if not self._closing:
             logger.warning("publisher channel closed: %s", reason)
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        with self._cond:
+            self._ready = False
         if self._connection is not None and self._connection.is_open:
             self._connection.close()
 

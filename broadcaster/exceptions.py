@@ -12,6 +12,7 @@ BroadcasterError
  |    +-- FlushTimeout            flush() ran out of time with messages unconfirmed
  +-- RejectedMessage              an incoming message can never succeed; it is dead-lettered
  +-- QueueNotFound                an operator tool needs a queue the broker does not have
+ +-- ContractError                the event contract cannot be built or a snapshot read
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = [
     "BroadcasterError",
     "BrokerUnavailable",
     "ConfigurationError",
+    "ContractError",
     "FlushTimeout",
     "HopLimitExceeded",
     "InvalidPayload",
@@ -112,3 +114,7 @@ class RejectedMessage(BroadcasterError):
 
 class QueueNotFound(BroadcasterError):
     """A queue an operator tool needs does not exist on the broker (consume_signals declares it)."""
+
+
+class ContractError(BroadcasterError):
+    """The contract cannot be built or read: conflicting schemas, an unreadable snapshot."""

@@ -5,7 +5,35 @@ import tempfile
 
 SECRET_KEY = "tests"
 USE_TZ = True
-INSTALLED_APPS = ["django.contrib.contenttypes", "broadcaster", "tests.testapp"]
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "broadcaster",
+    "tests.testapp",
+]
+# What the admin needs, for tests/test_admin.py.
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+ROOT_URLCONF = "tests.urls"
 # Test databases named per run, so that two runs on one machine never drop each other's.
 _RUN = f"broadcaster_{os.getpid()}"
 DATABASES = {

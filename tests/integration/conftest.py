@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.exceptions
 import pytest
 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -59,11 +60,17 @@ class Broker:
 
     def __init__(self, exchange: str) -> None:
         self.exchange = exchange
+        self.queues: set[str] = set()
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        """Open the connection again: after the broker closed it (the fault tests) or at start."""
+        if (old := getattr(self, "connection", None)) is not None:
+            _release(old)
         self.connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
-        self.channel.exchange_declare(exchange, exchange_type="topic", durable=True)
-        self.queues: set[str] = set()
+        self.channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
 
     def publish(
         self,
@@ -134,11 +141,22 @@ class Broker:
         return self.channel.queue_declare(queue, passive=True).method.message_count
 
     def close(self) -> None:
+        if not self.connection.is_open:
+            self.reconnect()
         channel = self.connection.channel()
         for queue in self.queues:
             channel.queue_delete(queue)
         channel.exchange_delete(self.exchange)
         self.connection.close()
+
+
+def _release(connection: pika.BlockingConnection) -> None:
+    try:
+        connection.process_data_events(0)  # notices a close by the broker, and frees its sockets
+        if connection.is_open:
+            connection.close()
+    except pika.exceptions.AMQPError:
+        pass
 
 
 @dataclass
@@ -202,6 +220,24 @@ class Service:
         assert proc.poll() is None, f"consume_signals exited:\n{daemon.log()}"
         return daemon
 
+    def manage(self, *args: str, timeout: float = 60) -> str:
+        """Run a management command of this service to completion; return its stdout."""
+        result = subprocess.run(
+            [sys.executable, str(MANAGE), *args], env=self.env, capture_output=True, timeout=timeout, check=False
+        )
+        assert result.returncode == 0, result.stderr.decode()
+        return result.stdout.decode()
+
+    def spawn(self, *args: str) -> Daemon:
+        """Start a management command in the background (stopped at teardown); stderr goes to its log."""
+        log = Path(self.env["RECORD_FILE"]).with_suffix(f".proc{len(self.procs)}.log")
+        with log.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, str(MANAGE), *args], env=self.env, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+        self.procs.append(proc)
+        return Daemon(proc, log)
+
     def stop_all(self) -> None:
         for proc in self.procs:
             _stop(proc)
@@ -244,6 +280,29 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+SUMMARIES = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def summarize(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Print one line about a test's deliveries, and repeat it in the terminal summary."""
+    lines = request.config.stash.setdefault(SUMMARIES, [])
+
+    def add(line: str) -> None:
+        print(line)
+        lines.append(line)
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(SUMMARIES, [])
+    if lines:
+        terminalreporter.section("deliveries under faults")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture

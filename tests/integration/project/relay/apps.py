@@ -43,12 +43,18 @@ def _pong_to_ping() -> None:
     events.pong.connect(receivers.answer_with_ping, weak=False, dispatch_uid="relay.answer")
 
 
+def _inbox() -> None:
+    broadcaster.subscribe("relay.ping", schema=events.Ping, signal=events.ping, inbox=True)
+    events.ping.connect(receivers.remember, weak=False, dispatch_uid="relay.remember")
+
+
 WIRINGS: dict[str, Callable[[], None]] = {
     "producer": _producer,
     "consumer": _consumer,
     "echo": _echo,
     "ping-to-pong": _ping_to_pong,
     "pong-to-ping": _pong_to_ping,
+    "inbox": _inbox,
 }
 
 

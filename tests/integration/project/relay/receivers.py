@@ -1,9 +1,14 @@
 """Receivers of re-emitted events: each appends one JSON line per event to RECORD_FILE."""
 
 import json
+import os
+import signal as signals
+import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.dispatch import Signal
 
 from broadcaster import Envelope
@@ -13,6 +18,7 @@ from relay import events
 def record(sender: object, envelope: Envelope | None = None, **fields: Any) -> None:
     if envelope is None:
         return  # fired locally, not re-emitted from the broker
+    _misbehave(fields.get("n"))
     line = {
         "service": settings.BROADCASTER["SERVICE_NAME"],
         "type": envelope.type,
@@ -21,10 +27,38 @@ def record(sender: object, envelope: Envelope | None = None, **fields: Any) -> N
         "causation_id": envelope.causation_id,
         "hops": envelope.hops,
         "attempt": envelope.attempt,
+        "pid": os.getpid(),
         "payload": {name: value for name, value in fields.items() if name != "signal"},
     }
     with open(settings.RECORD_FILE, "a", encoding="utf-8") as file:
         file.write(json.dumps(line, default=str) + "\n")
+
+
+def remember(sender: object, envelope: Envelope, n: int, **fields: Any) -> None:
+    """The receiver of an inbox subscription: its effect is a row in the database."""
+    from relay.models import Effect
+
+    Effect.objects.create(n=n, event_id=envelope.id)
+    record(sender, envelope=envelope, n=n, **fields)
+
+
+def _misbehave(n: object) -> None:
+    if settings.RECEIVER_SLEEP:
+        time.sleep(settings.RECEIVER_SLEEP)
+    if n is None or n != settings.KILL_AT:
+        return
+    marker = Path(settings.KILL_MARKER)
+    if marker.exists():
+        return  # killed once already: the redelivery goes through
+    marker.touch()
+    if settings.KILL_WHEN == "after-commit":
+        transaction.on_commit(_kill)  # after the receivers' work committed, before the ack
+    else:
+        _kill()
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signals.SIGKILL)
 
 
 def connect(*signals: Signal) -> None:

@@ -5,7 +5,18 @@ import os
 SECRET_KEY = "integration-tests"
 USE_TZ = True
 INSTALLED_APPS = ["broadcaster", "relay.apps.RelayConfig"]
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["DB_PATH"]}}
+if os.environ.get("DB_ENGINE") == "postgresql":
+    # A database of the test's own (the fault tests make and drop it), for the outbox and the inbox.
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ["DB_NAME"],
+            "HOST": "127.0.0.1",
+            "USER": "postgres",
+        }
+    }
+else:
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["DB_PATH"]}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 BROADCASTER = {
@@ -14,13 +25,31 @@ BROADCASTER = {
     "QUEUE": os.environ["QUEUE"],
     "SHUTDOWN_TIMEOUT": 5.0,
 }
-if "MAX_HOPS" in os.environ:
-    BROADCASTER["MAX_HOPS"] = int(os.environ["MAX_HOPS"])
-if "MAX_MESSAGE_BYTES" in os.environ:
-    BROADCASTER["MAX_MESSAGE_BYTES"] = int(os.environ["MAX_MESSAGE_BYTES"])
+_NUMBERS = {
+    "MAX_HOPS": int,
+    "MAX_MESSAGE_BYTES": int,
+    "MAX_BUFFER": int,
+    "PUBLISH_TIMEOUT": float,
+    "SHUTDOWN_TIMEOUT": float,
+    "RECONNECT_MAX_DELAY": float,
+    "OUTBOX_POLL_INTERVAL": float,
+}
+for _key, _type in _NUMBERS.items():
+    if _key in os.environ:
+        BROADCASTER[_key] = _type(os.environ[_key])
 if "RETRY_DELAYS" in os.environ:
     BROADCASTER["RETRY_DELAYS"] = [float(delay) for delay in os.environ["RETRY_DELAYS"].split(",")]
+if "PUBLISH_MODE" in os.environ:
+    BROADCASTER["PUBLISH_MODE"] = os.environ["PUBLISH_MODE"]
 
 # Comma-separated wirings from relay.apps.WIRINGS, e.g. "producer" or "ping-to-pong".
 ROLE = os.environ.get("ROLE", "")
 RECORD_FILE = os.environ["RECORD_FILE"]
+
+# Misbehaving receivers, for the fault tests: sleep in every receiver, or SIGKILL the daemon
+# once (the file KILL_MARKER remembers it) at event n=KILL_AT, in the receiver or just after
+# the receiver's transaction committed (KILL_WHEN=after-commit).
+RECEIVER_SLEEP = float(os.environ.get("RECEIVER_SLEEP", "0"))
+KILL_AT = int(os.environ["KILL_AT"]) if "KILL_AT" in os.environ else None
+KILL_WHEN = os.environ.get("KILL_WHEN", "receiver")
+KILL_MARKER = os.environ.get("KILL_MARKER") or f"{RECORD_FILE}.killed"

@@ -1,6 +1,13 @@
-"""`manage.py fire SIGNAL --data JSON [--count N] [--rollback] [--no-flush]`: send a signal as app code would."""
+"""`manage.py fire SIGNAL --data JSON [--count N] [--rollback] [--no-flush]`: send a signal as app code would.
+
+The fault-injection tests add: ``--sequence START`` numbers the events (``n`` = START, START+1, ...),
+``--each`` sends each one in its own autocommit transaction (``--pace`` seconds apart), and
+``--report FILE`` writes which numbers send() accepted and which it refused, and the slowest send().
+"""
 
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -19,12 +26,47 @@ class Command(BaseCommand):
         parser.add_argument("--count", type=int, default=1)
         parser.add_argument("--rollback", action="store_true", help="send inside an atomic block that rolls back")
         parser.add_argument("--no-flush", action="store_true", help="exit at once, leaving the flush to the exit hook")
+        parser.add_argument("--flush-timeout", type=float, default=10.0)
+        parser.add_argument("--sequence", type=int, help="send n=SEQUENCE, SEQUENCE+1, ... in the payload")
+        parser.add_argument("--each", action="store_true", help="no surrounding transaction: each send commits")
+        parser.add_argument("--pace", type=float, default=0.0, help="seconds to sleep between sends (with --each)")
+        parser.add_argument("--report", type=Path, help="with --each: write accepted/refused numbers as JSON")
+        parser.add_argument("--max-refusals", type=int, help="with --each: stop after this many refused sends")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        signal = SIGNALS[options["signal"]]
-        with transaction.atomic():
-            for _ in range(options["count"]):
-                signal.send(sender=None, **options["data"])
-            transaction.set_rollback(options["rollback"])
+        if options["each"]:
+            self._each(options)
+        else:
+            with transaction.atomic():
+                for i in range(options["count"]):
+                    self._send(options, i)
+                transaction.set_rollback(options["rollback"])
         if not options["no_flush"]:
-            broadcaster.flush(timeout=10)
+            broadcaster.flush(timeout=options["flush_timeout"])
+
+    def _send(self, options: dict[str, Any], i: int) -> None:
+        data = dict(options["data"])
+        if options["sequence"] is not None:
+            data["n"] = options["sequence"] + i
+        SIGNALS[options["signal"]].send(sender=None, **data)
+
+    def _each(self, options: dict[str, Any]) -> None:
+        report: dict[str, Any] = {"accepted": [], "refused": [], "slowest": 0.0}
+        for i in range(options["count"]):
+            started = time.monotonic()
+            try:
+                self._send(options, i)
+                report["accepted"].append(i)
+            except broadcaster.PublishBufferFull:
+                report["refused"].append(i)
+            report["slowest"] = max(report["slowest"], time.monotonic() - started)
+            if options["max_refusals"] is not None and len(report["refused"]) >= options["max_refusals"]:
+                break
+            time.sleep(options["pace"])
+        if options["report"] is not None:
+            start = options["sequence"] or 0
+            report["accepted"] = [start + i for i in report["accepted"]]
+            report["refused"] = [start + i for i in report["refused"]]
+            tmp = options["report"].with_suffix(".tmp")
+            tmp.write_text(json.dumps(report))
+            tmp.replace(options["report"])  # the test polls for the file: it must appear whole

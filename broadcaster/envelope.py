@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ class Envelope:
     ) -> Envelope:
         """Make the envelope of an event fired now, caused by `cause` when given."""
         return cls(
-            id=str(uuid.uuid4()),
+            id=_new_id(),
             source=source,
             type=type,
             time=datetime.now(UTC),
@@ -117,6 +118,13 @@ def properties_for(
         user_id=user_id,
         headers=envelope.headers() if headers is None else headers,
     )
+
+
+def _new_id() -> str:
+    # A version 4 UUID from `random`, not os.urandom: ids must be unique, not secret, and
+    # the system call made the caller hand over the GIL. Python reseeds `random` in a
+    # forked child, so gunicorn workers do not repeat each other's ids.
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
 def _format_time(value: datetime) -> str:

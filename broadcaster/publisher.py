@@ -13,7 +13,7 @@ import atexit
 import logging
 import os
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_DRAIN_TICK = 0.001  # seconds between drains while events keep coming
 
 
 class Transport(Protocol):
@@ -75,7 +77,9 @@ class Publisher:
         self._user_id: str | None = getattr(self._params.credentials, "username", None)
         self._cond = threading.Condition()
         self._buffer: deque[OutboundMessage] = deque()
-        self._unconfirmed: dict[int, OutboundMessage] = {}  # delivery tag -> message, ascending
+        # delivery tag -> message, ascending; an OrderedDict finds its first key in O(1)
+        # where a dict steps over the slots of every key popped from the front.
+        self._unconfirmed: OrderedDict[int, OutboundMessage] = OrderedDict()
         self._ioloop: IOLoop | None = None
         self._thread: threading.Thread | None = None
         self._connection: SelectConnection | None = None
@@ -202,12 +206,15 @@ class Publisher:
 
     def _drain(self) -> None:
         with self._cond:
-            self._wakeup_pending = False
             # A wake-up queued before the channel began closing must leave the buffer alone.
             if not self._ready or self._channel is None or not self._channel.is_open:
+                self._wakeup_pending = False
                 return
             batch = list(self._buffer)
             self._buffer.clear()
+            # While events keep coming this thread drains again on a short tick, and send()
+            # does not wake it: each wake-up made the caller hand over the GIL mid-request.
+            self._wakeup_pending = bool(batch)
             for message in batch:
                 self._next_tag += 1
                 self._unconfirmed[self._next_tag] = message
@@ -224,6 +231,8 @@ class Publisher:
                 logger.warning("publisher could not publish (%s); reconnecting", connection.describe(exc))
                 self._close_connection()
                 return
+        if batch and self._ioloop is not None:
+            self._ioloop.call_later(_DRAIN_TICK, self._drain)
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -247,10 +256,12 @@ class Publisher:
             return [message] if message is not None else []
         done = []
         while self._unconfirmed:
-            first = next(iter(self._unconfirmed))
+            first, message = self._unconfirmed.popitem(last=False)
             if first > tag:
+                self._unconfirmed[first] = message
+                self._unconfirmed.move_to_end(first, last=False)
                 break
-            done.append(self._unconfirmed.pop(first))
+            done.append(message)
         return done
 
     def _requeue(self, messages: Iterable[OutboundMessage]) -> None:

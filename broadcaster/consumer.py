@@ -268,7 +268,9 @@ class Consumer:
         if properties.user_id:
             headers[_HEADER + "user-id"] = properties.user_id
         copied = {name: getattr(properties, name) for name in _COPIED}
-        props = pika.BasicProperties(headers=headers, delivery_mode=2, **copied)
+        # Our own user, which the broker verifies: dispatch trusts x-broadcaster-user-id
+        # only on a message this service's daemon put back (REQUIRE_USER_ID).
+        props = pika.BasicProperties(headers=headers, delivery_mode=2, user_id=self.settings.broker_user, **copied)
         channel.basic_publish("", queue, delivery.body, props, mandatory=True)
 
     def _drop_connection(self) -> None:

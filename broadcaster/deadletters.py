@@ -57,6 +57,7 @@ PROGRESS_EVERY = 1000
 SETTLE_TIMEOUT = 5.0
 _HEADER = "x-broadcaster-"
 _NOT_FOUND = 404
+_USER_HEADER = _HEADER + "user-id"
 # Failure bookkeeping, ours and the broker's; a replayed message starts afresh without it
 # (no attempt header means attempt 1 to the daemon).
 _FAILURE_HEADERS = (_HEADER, "x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
@@ -229,18 +230,21 @@ def replay(
     match: Match = EVERYTHING,
     limit: int | None = None,
     progress: Progress | None = None,
+    user: str | None = None,
 ) -> Tally:
     """Move the dead letters that `match` from `queue` back to the service queue `target`.
 
     Each copy keeps the body, the properties and the ``ce-`` headers (so the envelope id
     is unchanged) and loses the failure headers, so the daemon starts again at attempt 1.
+    `user` is the broker user `channel` authenticates as: copies carry it as user_id, the
+    original publisher staying in x-broadcaster-user-id, so REQUIRE_USER_ID still holds.
     `channel` must be in confirm mode (connect() makes it so). Raises PublishError, after
     handing back every dead letter not yet replayed, if the broker refuses a copy.
     """
     count(channel, target)  # fail before touching anything if the service queue is missing
 
     def send(properties: pika.BasicProperties, body: bytes) -> None:
-        channel.basic_publish("", target, body, replay_properties(properties), mandatory=True)
+        channel.basic_publish("", target, body, replay_properties(properties, user), mandatory=True)
 
     return _sweep(
         channel, queue, match=match, limit=limit, progress=progress, send=send, what=f"replay to queue {target!r}"
@@ -264,13 +268,19 @@ def purge(
     return _sweep(channel, queue, match=match, limit=limit, progress=progress, send=None, what="purge", upto=upto)
 
 
-def replay_properties(properties: pika.BasicProperties) -> pika.BasicProperties:
-    """The properties of a replayed copy: the original's, without the failure headers."""
-    headers = {
-        name: value for name, value in (properties.headers or {}).items() if not name.startswith(_FAILURE_HEADERS)
-    }
+def replay_properties(properties: pika.BasicProperties, user: str | None = None) -> pika.BasicProperties:
+    """The properties of a replayed copy: the original's, without the failure headers.
+
+    The original publisher's user stays in x-broadcaster-user-id, and the copy carries
+    `user` (the replaying connection's), which the daemon then trusts for that header.
+    """
+    original = properties.headers or {}
+    headers = {name: value for name, value in original.items() if not name.startswith(_FAILURE_HEADERS)}
+    first_user = original.get(_USER_HEADER) or properties.user_id
+    if first_user is not None:
+        headers[_USER_HEADER] = first_user
     kept = {name: getattr(properties, name) for name in _KEPT_PROPERTIES}
-    return pika.BasicProperties(headers=headers, **kept)
+    return pika.BasicProperties(headers=headers, user_id=user, **kept)
 
 
 def describe(properties: pika.BasicProperties, body: bytes, *, now: datetime | None = None) -> DeadLetter:

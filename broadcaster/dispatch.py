@@ -86,7 +86,7 @@ def _verify(
         signing.verify(properties, body, settings)
     message = decode(properties, body, attempt=attempt)
     envelope = message.envelope
-    if settings.require_user_id and properties.user_id != envelope.source:
+    if settings.require_user_id and _publisher_user(properties, settings) != envelope.source:
         raise RejectedMessage(
             "user-mismatch",
             f"ce-source {envelope.source[:40]!r} was not published by broker user {envelope.source[:40]!r} "
@@ -95,12 +95,32 @@ def _verify(
     subscription = subscriptions.get(envelope.type)
     if subscription is None:
         raise RejectedMessage("unknown-event", f"no subscription for event type {envelope.type!r}")
+    if subscription.sources is not None and envelope.source not in subscription.sources:
+        raise RejectedMessage(
+            "unexpected-source",
+            f"{envelope.type!r} is accepted only from {', '.join(sorted(subscription.sources))}, "
+            f"not from {envelope.source[:40]!r}",
+        )
     if envelope.hops > settings.max_hops:
         raise RejectedMessage(
             "hop-limit",
             f"event travelled {envelope.hops} hops, more than MAX_HOPS ({settings.max_hops})",
         )
     return message, subscription
+
+
+def _publisher_user(properties: pika.BasicProperties, settings: BroadcasterSettings) -> str | None:
+    """The broker-verified user that first published this message.
+
+    A retried or replayed message was put back by this service's own daemon, under its
+    own user; only then is the original user in x-broadcaster-user-id to be believed.
+    """
+    if properties.user_id == settings.broker_user:
+        original = (properties.headers or {}).get("x-broadcaster-user-id")
+        if isinstance(original, str):
+            return original
+    user: str | None = properties.user_id
+    return user
 
 
 def _major(envelope: Envelope, subscription: Subscription) -> int:

@@ -10,7 +10,7 @@ events its receivers fire carry it as their cause.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -134,6 +134,7 @@ class Subscription:
     upcasters: Mapping[int, Upcaster] = field(default_factory=dict)
     lossless: bool = False  # the schema has Decimal fields: JSON numbers must not pass through float
     fanout: Fanout = "service"
+    sources: frozenset[str] | None = None  # the services this event is accepted from; None: any
 
     @property
     def major(self) -> int:
@@ -178,6 +179,7 @@ def subscribe(
     inbox: bool = False,
     upcasters: Mapping[int, Upcaster] | None = None,
     fanout: Fanout = "service",
+    sources: Collection[str] | None = None,
 ) -> Signal:
     """Re-emit incoming `event` on a local signal, which is returned (made when not given).
 
@@ -188,6 +190,9 @@ def subscribe(
     payload (a dict) into a version N+1 one; messages of the same major are read as they
     are, fields this service does not know being ignored. With ``fanout="instance"``
     every running daemon gets the event (cache invalidation), not just one per service.
+    `sources` names the services (ce-source) the event is accepted from; anything else
+    is dead-lettered, so a service cannot speak for another even where it can write to
+    this queue.
     """
     if fanout not in ("service", "instance"):
         raise RegistrationError(f"event {event!r}: fanout must be 'service' or 'instance', not {fanout!r}")
@@ -198,6 +203,7 @@ def subscribe(
         same = (
             existing.schema is schema
             and (existing.inbox, existing.fanout) == (inbox, fanout)
+            and existing.sources == (frozenset(sources) if sources is not None else None)
             and dict(existing.upcasters) == chain
         )
         if same and signal in (None, existing.signal):
@@ -215,6 +221,7 @@ def subscribe(
         MappingProxyType(chain),
         _has_decimal(schema.__pydantic_core_schema__),
         fanout,
+        frozenset(sources) if sources is not None else None,
     )
     return local
 

@@ -201,6 +201,11 @@ class BroadcasterSettings(BaseModel):
         return self.queue or self.service_name
 
     @property
+    def broker_user(self) -> str:
+        """The user this process authenticates as (what the broker puts in user_id)."""
+        return unquote(urlsplit(self.broker_url).username or "guest")
+
+    @property
     def instance_name(self) -> str:
         """INSTANCE_ID, or this host and process."""
         return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -241,6 +246,7 @@ _CHECK_IDS = {"SERVICE_NAME": "broadcaster.E002", "BROKER_URL": "broadcaster.E00
 _UNKNOWN_KEY_ID = "broadcaster.E004"
 _INVALID_VALUE_ID = "broadcaster.E005"
 _NOT_A_DICT_ID = "broadcaster.E001"
+_SECRET_KEYS = frozenset({"BROKER_URL", "SIGNING_KEYS"})
 
 _cached: BroadcasterSettings | None = None
 
@@ -276,8 +282,10 @@ def _problem(error: Any) -> SettingProblem:
     if error["type"] == "extra_forbidden":
         return SettingProblem(_UNKNOWN_KEY_ID, key, f"BROADCASTER[{key!r}] is not a known setting")
     check_id = _CHECK_IDS.get(key, _INVALID_VALUE_ID)
-    # Never echo a broker URL back: it may carry a password.
-    shown = "" if key == "BROKER_URL" else f" (got {error.get('input')!r})"
+    # Never echo a secret back: the broker URL may carry a password, SIGNING_KEYS are keys,
+    # and an error about several keys at once has the whole dict as its input.
+    secret = key in _SECRET_KEYS or not error["loc"]
+    shown = "" if secret else f" (got {error.get('input')!r})"
     return SettingProblem(check_id, key, f"BROADCASTER[{key!r}]: {error['msg']}{shown}")
 
 

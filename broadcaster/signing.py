@@ -41,7 +41,7 @@ def verify(properties: pika.BasicProperties, body: bytes, settings: BroadcasterS
     if secret is None:
         raise RejectedMessage("unknown-key", f"no signing key {key_id[:40]!r} for source {source[:40]!r}")
     expected = _digest(secret.get_secret_value().encode(), headers, properties.content_type or "", body)
-    if not hmac.compare_digest(expected, signature):
+    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogatepass")):
         raise RejectedMessage("bad-signature", "the body or an attribute changed after signing, or a wrong key signed")
 
 
@@ -52,5 +52,6 @@ def _digest(secret: bytes, headers: Mapping[str, object], content_type: str, bod
         (name, str(value)) for name, value in headers.items() if name.startswith("ce-") and name != SIGNATURE
     )
     canonical = "\n".join(f"{name}:{value}" for name, value in attributes)
-    message = f"{canonical}\ncontent-type:{content_type}\n\n".encode() + body
+    # surrogatepass: a hostile header with a lone surrogate must fail the check, not raise.
+    message = f"{canonical}\ncontent-type:{content_type}\n\n".encode("utf-8", "surrogatepass") + body
     return hmac.new(secret, message, hashlib.sha256).hexdigest()

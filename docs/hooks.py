@@ -54,6 +54,7 @@ REASONS = {
     "unknown-key": "The signature's key id is not in `SIGNING_KEYS` for the event's `ce-source`.",
     "bad-signature": "The body or an attribute changed after signing, or another key signed it.",
     "user-mismatch": "`REQUIRE_USER_ID` is on and the broker-validated `user_id` is not the event's `ce-source`.",
+    "unexpected-source": "The subscription names its `sources` and the event's `ce-source` is not one of them.",
     "unknown-event": "This service has no subscription for the event type (a stale binding, or a replayed message).",
     "hop-limit": "The causation chain is longer than `MAX_HOPS`: receivers broadcast each other's events in a cycle.",
     "unsupported-schema-version": "A newer major version than the subscription reads, "

@@ -182,3 +182,15 @@ def test_a_missing_upcaster_is_named() -> None:
 def test_upcasters_must_target_older_majors() -> None:
     with pytest.raises(broadcaster.RegistrationError, match="older major version"):
         broadcaster.subscribe("billing.paid", schema=PaidV3, upcasters={3: UPCASTERS[2]})
+
+
+def test_an_event_from_an_unexpected_source_is_dead_lettered() -> None:
+    calls: list[object] = []
+    broadcaster.subscribe("billing.paid", schema=Paid, sources=["billing"]).connect(
+        lambda **kw: calls.append(kw), weak=False
+    )
+    assert run('{"invoice": 1, "amount": 1}').action is Action.ACK  # ce-source "billing"
+    forged = run('{"invoice": 2, "amount": 1}', source="intruder")
+    assert (forged.action, forged.reason) == (Action.DEAD_LETTER, "unexpected-source")
+    assert "accepted only from billing" in forged.detail
+    assert len(calls) == 1

@@ -132,3 +132,22 @@ def test_what_is_not_a_json_cloudevent_is_rejected_with_a_reason(
     with pytest.raises(RejectedMessage) as caught:
         decode(properties, body)
     assert caught.value.reason == reason
+
+
+def test_ids_are_unique_and_not_shared_with_a_forked_child() -> None:
+    import os
+
+    ids = {Envelope.new(source="s", type="t").id for _ in range(5000)}
+    assert len(ids) == 5000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.write(write, Envelope.new(source="s", type="t").id.encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    parent_next = Envelope.new(source="s", type="t").id
+    assert child_id != parent_next  # the child did not reuse the parent's pool
+    assert uuid.UUID(child_id).version == 4

@@ -85,6 +85,7 @@ class Command(BaseCommand):
                 match=match,
                 limit=limit,
                 progress=self._progress("replayed"),
+                user=settings.broker_user,
             )
         self.stdout.write(
             f"replayed {tally.done} of {tally.scanned} {_plural(tally.scanned)} to queue {topology.queue!r}"

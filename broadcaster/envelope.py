@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import threading
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -138,7 +137,11 @@ def _new_id() -> str:
         pool, position = os.urandom(_ID_CHUNK), 0
         _id_pool.bytes = pool
     _id_pool.position = position + _ID_BYTES
-    return str(uuid.UUID(bytes=pool[position : position + _ID_BYTES], version=4))
+    raw = bytearray(pool[position : position + _ID_BYTES])
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()  # what uuid.UUID(bytes=..., version=4) prints, at a third of the cost
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _forget_ids_after_fork() -> None:

@@ -75,7 +75,16 @@ class _Metrics:
             "broadcaster_handling_seconds", "Time to decode, validate and run the receivers", ["event"]
         )
         self.buffer = prometheus.Gauge("broadcaster_publisher_buffer", "Events not yet confirmed by the broker")
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.outbox_backlog = prometheus.Gauge("broadcaster_outbox_backlog", "Outbox rows not yet published")
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, looked up once: labels() costs more than inc() itself."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
 
 _metrics: _Metrics | None = None
@@ -96,7 +105,7 @@ def _get_metrics() -> _Metrics | None:
 def published(event: str) -> None:
     """An event was handed to the publisher."""
     if metrics := _get_metrics():
-        metrics.published.labels(event).inc()
+        metrics.child(metrics.published, event).inc()
 
 
 def confirmed(envelopes: list[Envelope]) -> None:
@@ -105,8 +114,8 @@ def confirmed(envelopes: list[Envelope]) -> None:
         return
     now = time.time()
     for envelope in envelopes:
-        metrics.confirmed.labels(envelope.type).inc()
-        metrics.publish_latency.labels(envelope.type).observe(max(0.0, now - envelope.time.timestamp()))
+        metrics.child(metrics.confirmed, envelope.type).inc()
+        metrics.child(metrics.publish_latency, envelope.type).observe(max(0.0, now - envelope.time.timestamp()))
 
 
 def publish_failed(reason: str, count: int = 1) -> None:
@@ -143,10 +152,10 @@ def handled(envelope: Envelope | None, event: str, outcome: str, reason: str, se
         text = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
         events_logger.log(level, "handled %s", text, extra={"broadcaster": fields})
     if metrics := _get_metrics():
-        metrics.consumed.labels(event, outcome).inc()
-        metrics.handling.labels(event).observe(seconds)
+        metrics.child(metrics.consumed, event, outcome).inc()
+        metrics.child(metrics.handling, event).observe(seconds)
         if outcome == "dead-lettered":
-            metrics.dead_lettered.labels(reason).inc()
+            metrics.child(metrics.dead_lettered, reason).inc()
 
 
 def current_traceparent() -> str | None:
@@ -161,7 +170,7 @@ def current_traceparent() -> str | None:
 @contextmanager
 def receiving(envelope: Envelope) -> Iterator[None]:
     """Run the receivers of a remote event in a span continuing its sender's trace."""
-    if trace is None or propagate is None or otel_context is None:
+    if trace is None or propagate is None or otel_context is None or not _tracing_configured():
         yield
         return
     parent = propagate.extract({"traceparent": envelope.traceparent} if envelope.traceparent else {})
@@ -181,6 +190,14 @@ def receiving(envelope: Envelope) -> Iterator[None]:
             yield
     finally:
         otel_context.detach(token)
+
+
+def _tracing_configured() -> bool:
+    # With the API alone (no SDK, or none set up) every span is a no-op, yet building one
+    # cost more than the rest of handling an event: skip it.
+    assert trace is not None  # checked by the caller
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def serve(port: int, healthy: Callable[[], bool], host: str = "0.0.0.0") -> ThreadingHTTPServer:

@@ -30,8 +30,8 @@ demo: $(STAMP) services
 	$(BIN)/python services/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check broadcaster schemas services tests
-	$(BIN)/ruff format --check broadcaster schemas services tests
+	$(BIN)/ruff check broadcaster schemas services tests bench docs
+	$(BIN)/ruff format --check broadcaster schemas services tests bench docs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy broadcaster schemas

@@ -1,0 +1,24 @@
+"""The bench as a Django app: wires the producer or the consumer side by BENCH_ROLE."""
+
+from __future__ import annotations
+
+import os
+
+from django.apps import AppConfig
+
+
+class BenchConfig(AppConfig):
+    """`"bench"` in INSTALLED_APPS of bench.settings."""
+
+    name = "bench"
+
+    def ready(self) -> None:
+        import broadcaster  # noqa: PLC0415 - the app registry must be ready first
+        from bench import events  # noqa: PLC0415
+
+        event = os.environ.get("BENCH_EVENT", events.EVENT)
+        if os.environ.get("BENCH_ROLE", "producer") == "consumer":
+            broadcaster.subscribe(event, schema=events.BenchOrderPlaced, signal=events.order_placed_remote)
+            events.connect_remote_receiver()
+        else:
+            broadcaster.broadcast(events.order_placed, event=event, schema=events.BenchOrderPlaced)

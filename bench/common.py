@@ -1,0 +1,256 @@
+"""What every scenario shares: names of one run, broker set-up, pacing, percentiles, subprocesses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import pika
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+RAW_KEY = "bench.raw"
+RAW_LATENCY_KEY = "bench.raw.latency"
+SINK_KEY = "bench.sink"
+STARTED = "consume_signals: started"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Names:
+    """Broker objects of one run; all deleted by `teardown()`."""
+
+    run_id: str
+
+    @property
+    def exchange(self) -> str:
+        return f"bench-{self.run_id}"
+
+    @property
+    def raw_queue(self) -> str:
+        return f"bench-{self.run_id}-raw"
+
+    @property
+    def raw_latency_queue(self) -> str:
+        return f"bench-{self.run_id}-raw-latency"
+
+    @property
+    def sink_queue(self) -> str:
+        return f"bench-{self.run_id}-sink"
+
+    @property
+    def consumer_queue(self) -> str:
+        return f"bench-{self.run_id}-consumer"
+
+    @property
+    def schema(self) -> str:
+        return f"bench_{self.run_id}"
+
+
+def blocking_channel() -> tuple[pika.BlockingConnection, Any]:
+    """A fresh blocking connection and channel to the bench broker."""
+    conn = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
+    return conn, conn.channel()
+
+
+def setup_broker(names: Names) -> dict[str, Any]:
+    """Declare the raw and sink queues of the run; return the broker's server properties."""
+    conn, channel = blocking_channel()
+    try:
+        channel.exchange_declare(names.exchange, exchange_type="topic", durable=True)
+        for queue, key, arguments in (
+            (names.raw_queue, RAW_KEY, None),
+            (names.raw_latency_queue, RAW_LATENCY_KEY, None),
+            # The memory burst and the outbox relay publish here; the broker keeps only the newest.
+            (names.sink_queue, SINK_KEY, {"x-max-length": 1000}),
+        ):
+            channel.queue_declare(queue, durable=True, arguments=arguments)
+            channel.queue_bind(queue, names.exchange, routing_key=key)
+        return dict(conn._impl.server_properties)
+    finally:
+        conn.close()
+
+
+def _retry_once(action: Callable[[], T]) -> T:
+    # Other people's fault-injection tests close every connection of the shared broker now
+    # and then; a housekeeping step tries once more rather than end the run.
+    try:
+        return action()
+    except pika.exceptions.AMQPConnectionError:
+        time.sleep(1)
+        return action()
+
+
+def purge(*queues: str) -> None:
+    """Empty `queues` (those that exist)."""
+
+    def attempt() -> None:
+        conn, channel = blocking_channel()
+        try:
+            for queue in queues:
+                with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                    channel.queue_purge(queue)
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                conn.close()
+
+    _retry_once(attempt)
+
+
+def queue_depth(queue: str) -> int:
+    """Messages ready in `queue`."""
+
+    def attempt() -> int:
+        conn, channel = blocking_channel()
+        try:
+            return int(channel.queue_declare(queue, passive=True).method.message_count)
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                conn.close()
+
+    return _retry_once(attempt)
+
+
+def wait_for_depth(queue: str, count: int, timeout: float = 30.0) -> int:
+    """Wait until `queue` holds at least `count` messages; return the depth seen last."""
+    deadline = time.monotonic() + timeout
+    depth = queue_depth(queue)
+    while depth < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+        depth = queue_depth(queue)
+    return depth
+
+
+def teardown(names: Names, queues: list[str]) -> None:
+    """Delete every queue and the exchange of the run, whatever state they are in."""
+    _retry_once(lambda: _delete(names, queues))
+
+
+def _delete(names: Names, queues: list[str]) -> None:
+    conn, channel = blocking_channel()
+    try:
+        for queue in queues:
+            if channel.is_closed:
+                channel = conn.channel()
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                channel.queue_delete(queue)
+        if channel.is_closed:
+            channel = conn.channel()
+        channel.exchange_delete(names.exchange)
+    finally:
+        conn.close()
+
+
+def paced(rate: float, count: int) -> Iterator[int]:
+    """Yield 0..count-1, each at its slot of a fixed-rate schedule (no catching up in bursts)."""
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    for index in range(count):
+        delay = start + index * interval - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        yield index
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def median(values: list[float]) -> float:
+    """Median, NaN for no values."""
+    return statistics.median(values) if values else float("nan")
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child_env(run_id: str, **extra: str) -> dict[str, str]:
+    """Environment of a bench subprocess: the run, the bench settings, then `extra`."""
+    env = dict(os.environ)
+    env.pop("BENCH_LOG_LEVEL", None)  # the runner keeps itself quiet; children log at INFO
+    env.update(
+        BENCH_RUN_ID=run_id,
+        DJANGO_SETTINGS_MODULE="bench.settings",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+    )
+    env.update(extra)
+    return env
+
+
+class Child:
+    """A bench subprocess whose stderr goes to a temporary file; always stopped on exit."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.args = args
+        self.log: IO[str] = tempfile.NamedTemporaryFile("w+", prefix="bench-", suffix=".log")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True
+        )
+
+    def stderr(self) -> str:
+        """Everything the child wrote to stderr so far."""
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait_for_line(self, text: str, timeout: float) -> None:
+        """Wait until the child logs `text`; raise if it exits or the time runs out."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{' '.join(self.args)} exited: {self.stderr()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{' '.join(self.args)} did not log {text!r} within {timeout:g} s")
+            time.sleep(0.05)
+
+    def wait(self, timeout: float) -> str:
+        """Wait for the child to exit by itself; return its stdout; raise on failure or timeout."""
+        try:
+            out, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise TimeoutError(f"{' '.join(self.args)} still running after {timeout:g} s") from None
+        if self.process.returncode != 0:
+            raise RuntimeError(f"{' '.join(self.args)} failed ({self.process.returncode}): {self.stderr()[-2000:]}")
+        return out
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self.process.stdout:
+            self.process.stdout.close()
+        self.log.close()
+
+
+@contextlib.contextmanager
+def child(args: list[str], env: dict[str, str]) -> Iterator[Child]:
+    """Run a bench subprocess for the block; it is stopped however the block ends."""
+    running = Child(args, env)
+    try:
+        yield running
+    finally:
+        running.stop()

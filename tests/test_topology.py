@@ -1,0 +1,55 @@
+"""Queue names and declaration arguments of a service and of one of its instances."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broadcaster.settings import get_settings
+from broadcaster.topology import Topology
+
+
+class Recorder:
+    """A channel that records declarations."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, dict[str, Any]] = {}
+        self.bindings: list[tuple[str, str, str]] = []
+
+    def exchange_declare(self, name: str, **kwargs: Any) -> None:
+        self.exchange = (name, kwargs)
+
+    def queue_declare(self, name: str, durable: bool, arguments: dict[str, Any]) -> None:
+        self.queues[name] = arguments
+
+    def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:
+        self.bindings.append((queue, exchange, routing_key))
+
+
+def test_service_topology(settings: Any) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "RETRY_DELAYS": [0.5, 2], "QUEUE_TYPE": "quorum"}
+    topology = Topology.for_settings(get_settings())
+    channel = Recorder()
+    topology.declare(channel, ["b.two", "a.one", "a.one"])
+    assert channel.exchange == ("signals", {"exchange_type": "topic", "durable": True})
+    assert sorted(channel.queues) == ["tests", "tests.dead-letter", "tests.retry.2000ms", "tests.retry.500ms"]
+    assert channel.queues["tests"]["x-dead-letter-routing-key"] == "tests.dead-letter"  # the broker's backstop
+    assert channel.queues["tests"]["x-delivery-limit"] > 0
+    assert channel.queues["tests.retry.500ms"] == {
+        "x-queue-type": "quorum",
+        "x-message-ttl": 500,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "tests",
+    }
+    assert channel.bindings == [("tests", "signals", "a.one"), ("tests", "signals", "b.two")]
+
+
+def test_instance_topology_expires_and_shares_the_dead_letter_queue(settings: Any) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "INSTANCE_ID": "pod-7", "INSTANCE_QUEUE_EXPIRES": 60}
+    topology = Topology.for_instance(get_settings())
+    channel = Recorder()
+    topology.declare(channel, ["cache.flushed"])
+    assert topology.queue == "tests.instance.pod-7"
+    assert topology.dead_letter_queue == "tests.dead-letter"
+    assert list(channel.queues) == ["tests.instance.pod-7"]  # the service declares its dead-letter queue
+    assert channel.queues["tests.instance.pod-7"]["x-expires"] == 60_000
+    assert channel.queues["tests.instance.pod-7"]["x-queue-type"] == "classic"

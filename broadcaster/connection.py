@@ -8,10 +8,11 @@ import socket
 import ssl
 
 import pika
+import pika.exceptions
 
 from broadcaster.settings import BroadcasterSettings
 
-__all__ = ["backoff", "describe", "parameters"]
+__all__ = ["backoff", "close_quietly", "describe", "parameters"]
 
 
 def parameters(settings: BroadcasterSettings, role: str) -> pika.URLParameters:
@@ -53,3 +54,12 @@ def describe(error: BaseException | str) -> str:
     name = type(error).__name__
     text = str(error).strip() or repr(error)  # pika's AMQPConnectionError keeps its detail in repr()
     return text if text.startswith(name) else f"{name}: {text}"
+
+
+def close_quietly(conn: pika.BlockingConnection) -> None:
+    """Close `conn` if it is open; a connection already gone is not an error here."""
+    try:
+        if conn.is_open:
+            conn.close()
+    except (pika.exceptions.AMQPError, OSError):
+        pass

@@ -169,7 +169,7 @@ class Consumer:
                 callback = functools.partial(self._on_message, topology)
                 self._consumer_tags.append(channel.basic_consume(topology.queue, callback))
         except Exception:
-            _close_quietly(conn)
+            connection.close_quietly(conn)
             raise
         self._connection, self._channel = conn, channel
 
@@ -278,7 +278,7 @@ class Consumer:
         self._ack_up_to = None
         conn, self._connection, self._channel = self._connection, None, None
         if conn is not None:
-            _close_quietly(conn)
+            connection.close_quietly(conn)
 
     def _close(self) -> None:
         conn = self._connection
@@ -322,11 +322,3 @@ def _log_dead_letter(outcome: Outcome, delivery: _Delivery) -> None:
         outcome.reason,
         outcome.detail[:200],
     )
-
-
-def _close_quietly(conn: pika.BlockingConnection) -> None:
-    try:
-        if conn.is_open:
-            conn.close()
-    except _CONNECTION_ERRORS:
-        pass

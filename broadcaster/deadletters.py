@@ -188,7 +188,7 @@ def connect(settings: BroadcasterSettings) -> Iterator[Any]:
     except _CONNECTION_ERRORS as exc:
         raise BrokerUnavailable(_unreachable(settings, "lost the connection to", exc)) from exc
     finally:
-        _close_quietly(conn)
+        connection.close_quietly(conn)
 
 
 def count(channel: Any, queue: str) -> int:
@@ -442,11 +442,3 @@ def _unreachable(settings: BroadcasterSettings, what: str, exc: BaseException) -
     if password:
         text = text.replace(password, "***")
     return f"{what} the broker at {settings.redacted_broker_url}: {type(exc).__name__}: {text}"
-
-
-def _close_quietly(conn: pika.BlockingConnection) -> None:
-    try:
-        if conn.is_open:
-            conn.close()
-    except _CONNECTION_ERRORS:
-        pass

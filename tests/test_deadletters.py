@@ -7,9 +7,8 @@ import json
 import subprocess
 import sys
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -24,11 +23,9 @@ from pydantic import BaseModel
 
 import broadcaster
 from broadcaster import deadletters
-from broadcaster.consumer import Consumer
-from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
 from broadcaster.topology import Topology
-from tests.conftest import Broker
+from tests.conftest import Broker, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,13 +36,6 @@ class Packed(BaseModel):
 
 
 packed = Signal()
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def run(*args: str) -> str:
@@ -106,26 +96,6 @@ def dead_letter(broker: Broker, topology: Topology) -> Callable[..., str]:
         return envelope_id
 
     return put
-
-
-@pytest.fixture
-def daemon(topology: Topology) -> Iterator[Callable[[], Consumer]]:
-    """Start a Consumer on a thread; stopped and joined at teardown."""
-    started: list[tuple[Consumer, threading.Thread]] = []
-
-    def start() -> Consumer:
-        consumer = Consumer(get_settings(), subscriptions())
-        thread = threading.Thread(target=consumer.run, daemon=True)
-        thread.start()
-        started.append((consumer, thread))
-        wait_for(lambda: consumer._connection is not None, "the consumer to connect")
-        return consumer
-
-    yield start
-    for consumer, thread in started:
-        consumer.stop()
-        thread.join(10)
-        assert not thread.is_alive(), "consumer did not stop"
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from broadcaster.settings import BroadcasterSettings
 from broadcaster.topology import Topology
 from schemas import OrderLine, OrderPlaced
+from tests.integration.conftest import wait_for
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -35,19 +36,8 @@ CONSUMERS = ("inventory", "notifications")
 STARTED = "consume_signals: started"
 
 T = TypeVar("T")
+TIMEOUT = 20.0  # seconds: the services start as processes and migrate first
 Rows = list[dict[str, Any]]
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
-    """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.2)
 
 
 def at_least(count: int, rows: Callable[[], Rows]) -> Callable[[], Rows | None]:
@@ -80,10 +70,10 @@ class Daemon:
                 pytest.fail(f"{self.service} exited with {self.process.returncode}:\n{self.log}")
             return STARTED in self.log
 
-        eventually(started, f"{self.service} to start")
+        wait_for(started, TIMEOUT, f"{self.service} to start")
 
     def wait_for_log(self, text: str) -> None:
-        eventually(lambda: text in self.log, f"{self.service} to log {text!r}")
+        wait_for(lambda: text in self.log, TIMEOUT, f"{self.service} to log {text!r}")
 
     def wait_exit(self, timeout: float = 20.0) -> int:
         """Wait for the daemon to stop by itself; its exit code."""
@@ -219,8 +209,8 @@ def test_an_order_reaches_both_consuming_services(shop: Shop) -> None:
 
     order_id = shop.place_order("alice@example.com", "MUG:2", "TEE:1")
 
-    reservations = eventually(at_least(2, shop.reservations), "both reservations")
-    placed = eventually(lambda: shop.notifications("orders.order_placed"), "order_placed notification")
+    reservations = wait_for(at_least(2, shop.reservations), TIMEOUT, "both reservations")
+    placed = wait_for(lambda: shop.notifications("orders.order_placed"), TIMEOUT, "order_placed notification")
     assert {(r["order_id"], r["sku"], r["quantity"]) for r in reservations} == {
         (order_id, "MUG", 2),
         (order_id, "TEE", 1),
@@ -256,7 +246,7 @@ def test_a_model_signal_is_received_as_order_saved(shop: Shop) -> None:
 
     order_id = shop.place_order("bob@example.com", "TEE:2")
 
-    saved = eventually(lambda: shop.notifications("orders.order_saved"), "order_saved notification")
+    saved = wait_for(lambda: shop.notifications("orders.order_saved"), TIMEOUT, "order_saved notification")
     assert len(saved) == 1
     assert saved[0]["source"] == "orders"
     assert saved[0]["message"] == f"Order #{order_id} created: placed, 38.00."
@@ -272,8 +262,8 @@ def test_a_rolled_back_order_publishes_nothing(shop: Shop) -> None:
     # queued before what this order publishes.
     later = shop.place_order("later@example.com", "MUG:1")
 
-    eventually(at_least(2, shop.notifications), "the later order's two notifications")
-    eventually(shop.reservations, "the later order's reservation")
+    wait_for(at_least(2, shop.notifications), TIMEOUT, "the later order's two notifications")
+    wait_for(shop.reservations, TIMEOUT, "the later order's reservation")
     assert {n["recipient"] for n in shop.notifications("orders.order_placed")} == {"later@example.com"}
     assert [(r["order_id"], r["sku"]) for r in shop.reservations()] == [(later, "MUG")]
     assert shop.stock("TEE")["reserved"] == 0
@@ -285,8 +275,8 @@ def test_stock_low_from_inventory_reaches_notifications_with_its_cause(shop: Sho
 
     shop.place_order("carol@example.com", "POSTER:8")  # 12 on hand - 8 = 4, below 5
 
-    low = eventually(lambda: shop.notifications("inventory.stock_low"), "stock_low notification")
-    placed = eventually(lambda: shop.notifications("orders.order_placed"), "order_placed notification")
+    low = wait_for(lambda: shop.notifications("inventory.stock_low"), TIMEOUT, "stock_low notification")
+    placed = wait_for(lambda: shop.notifications("orders.order_placed"), TIMEOUT, "order_placed notification")
     (reservation,) = shop.reservations()
     assert low[0]["source"] == "inventory"
     assert low[0]["message"] == "POSTER is low: 4 left (threshold 5)."
@@ -318,7 +308,7 @@ def test_two_notifications_daemons_share_the_queue(shop: Shop) -> None:
 def test_sigterm_stops_a_daemon_cleanly(shop: Shop) -> None:
     daemon = shop.start("inventory")
     shop.place_order("dave@example.com", "MUG:1")
-    eventually(shop.reservations, "the reservation")
+    wait_for(shop.reservations, TIMEOUT, "the reservation")
 
     started = time.monotonic()
     assert daemon.terminate(timeout=5) == 0

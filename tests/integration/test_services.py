@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pika
 import pytest
@@ -35,7 +35,6 @@ BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 CONSUMERS = ("inventory", "notifications")
 STARTED = "consume_signals: started"
 
-T = TypeVar("T")
 TIMEOUT = 20.0  # seconds: the services start as processes and migrate first
 Rows = list[dict[str, Any]]
 

@@ -145,6 +145,7 @@ def _delete(names: Names, queues: list[str]) -> None:
                 channel = conn.channel()
             with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
                 channel.queue_delete(queue)
+                channel.exchange_delete(f"{queue}.requeue")  # a service queue's own; a no-op for the others
         if channel.is_closed:
             channel = conn.channel()
         channel.exchange_delete(names.exchange)

@@ -271,7 +271,7 @@ class Consumer:
         # Our own user, which the broker verifies: dispatch trusts x-broadcaster-user-id
         # only on a message this service's daemon put back (REQUIRE_USER_ID).
         props = pika.BasicProperties(headers=headers, delivery_mode=2, user_id=self.settings.broker_user, **copied)
-        channel.basic_publish("", queue, delivery.body, props, mandatory=True)
+        channel.basic_publish(delivery.topology.requeue_exchange, queue, delivery.body, props, mandatory=True)
 
     def _drop_connection(self) -> None:
         # Unsent acks die with the channel: the broker redelivers those messages.

@@ -231,20 +231,23 @@ def replay(
     limit: int | None = None,
     progress: Progress | None = None,
     user: str | None = None,
+    exchange: str = "",
 ) -> Tally:
     """Move the dead letters that `match` from `queue` back to the service queue `target`.
 
     Each copy keeps the body, the properties and the ``ce-`` headers (so the envelope id
     is unchanged) and loses the failure headers, so the daemon starts again at attempt 1.
-    `user` is the broker user `channel` authenticates as: copies carry it as user_id, the
-    original publisher staying in x-broadcaster-user-id, so REQUIRE_USER_ID still holds.
+    Copies go through `exchange` (the service's requeue exchange; the default exchange if
+    empty) with `target` as routing key. `user` is the broker user `channel` authenticates
+    as: copies carry it as user_id, the original publisher staying in
+    x-broadcaster-user-id, so REQUIRE_USER_ID still holds.
     `channel` must be in confirm mode (connect() makes it so). Raises PublishError, after
     handing back every dead letter not yet replayed, if the broker refuses a copy.
     """
     count(channel, target)  # fail before touching anything if the service queue is missing
 
     def send(properties: pika.BasicProperties, body: bytes) -> None:
-        channel.basic_publish("", target, body, replay_properties(properties, user), mandatory=True)
+        channel.basic_publish(exchange, target, body, replay_properties(properties, user), mandatory=True)
 
     return _sweep(
         channel, queue, match=match, limit=limit, progress=progress, send=send, what=f"replay to queue {target!r}"

@@ -21,9 +21,6 @@ from broadcaster.topology import Topology
 __all__ = ["PASSWORD_PLACEHOLDER", "permission_commands", "topology_lines", "vhost"]
 
 PASSWORD_PLACEHOLDER = "CHANGE_ME"
-# The default exchange, as RabbitMQ names it in permission checks. The daemon publishes
-# retries and dead letters through it, straight to its own queues.
-DEFAULT_EXCHANGE = "amq.default"
 _NOTHING = "^$"  # matches no name this library uses: RabbitMQ reads '' as "nothing" only in set_permissions
 
 
@@ -57,6 +54,7 @@ def topology_lines(
             for delay, name in zip(topology.retry_delays, topology.retry_queues, strict=True)
         ),
         f"queue {topology.dead_letter_queue} (dead letters, with the reason in headers)",
+        f"exchange {topology.requeue_exchange} (direct; retries, dead letters and replays, to the queue named)",
     ]
     if per_instance := sorted(set(instance_events)):
         lines += [
@@ -76,8 +74,8 @@ def permission_commands(
 ) -> list[str]:
     """``rabbitmqctl`` commands (with comments) that create and restrict this service's user.
 
-    The password is the placeholder PASSWORD_PLACEHOLDER. A service that subscribes to
-    nothing gets no queue permissions and no access to the default exchange.
+    The password is the placeholder PASSWORD_PLACEHOLDER. No user gets access to the
+    default exchange; a service that subscribes to nothing gets no queue permissions.
     """
     topology = Topology.for_settings(settings)
     name = user or settings.service_name
@@ -85,12 +83,14 @@ def permission_commands(
     published, subscribed = sorted(set(publishes)), sorted(set(subscribes))
     exchange = _escape(topology.exchange)
     own = [exchange]
-    queues = [topology.queue, topology.dead_letter_queue, *topology.retry_queues] if subscribed else []
-    patterns = [*map(_escape, queues)]
+    # The daemon's queues and its requeue exchange (retries, dead letters, replays go
+    # through it, never through the default exchange, which cannot be limited by routing key).
+    names = [topology.queue, topology.dead_letter_queue, *topology.retry_queues, topology.requeue_exchange]
+    patterns = [*map(_escape, names)] if subscribed else []
     if any(True for _ in instance_events):
         patterns.append(_escape(topology.queue) + r"\.instance\..+")  # one per daemon (fanout="instance")
     configure = _anchored([*own, *patterns])
-    write = _anchored([*own, *([_escape(DEFAULT_EXCHANGE)] if subscribed else []), *patterns])
+    write = _anchored([*own, *patterns])
     # Declaring a queue with a dead-letter exchange needs read on the queue, so the retry
     # queues are readable too; binding needs read on the exchange.
     read = _anchored([*own, *patterns]) if subscribed else _NOTHING

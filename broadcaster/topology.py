@@ -1,11 +1,13 @@
 """Names and declarations of the exchange and the queues of one service.
 
-| object            | name                        | purpose                                   |
-| ----------------- | --------------------------- | ----------------------------------------- |
-| exchange          | EXCHANGE                    | durable topic; routing key = event type   |
-| service queue     | QUEUE (default SERVICE_NAME) | one binding per subscribed event          |
-| retry queues      | <queue>.retry.<ms>ms        | TTL, then dead-lettered back to the queue |
-| dead-letter queue | <queue>.dead-letter         | what can never succeed, with the reason   |
+| object            | name                         | purpose                                       |
+| ----------------- | ---------------------------- | --------------------------------------------- |
+| exchange          | EXCHANGE                     | durable topic; routing key = event type       |
+| service queue     | QUEUE (default SERVICE_NAME) | one binding per subscribed event              |
+| retry queues      | <queue>.retry.<ms>ms         | TTL, then back to the queue                   |
+| dead-letter queue | <queue>.dead-letter          | what can never succeed, with the reason       |
+| requeue exchange  | <queue>.requeue              | direct, routing key = queue name: the way     |
+|                   |                              | back for retries, dead letters and replays    |
 """
 
 from __future__ import annotations
@@ -18,9 +20,6 @@ from broadcaster.settings import BroadcasterSettings
 
 __all__ = ["Topology"]
 
-# The broker dead-letters a message to the default exchange with this routing key;
-# a per-queue target lets one declaration serve both retry and dead-letter routing.
-_DEFAULT_EXCHANGE = ""
 _QUORUM_DELIVERY_LIMIT = 50
 
 
@@ -33,6 +32,7 @@ class Topology:
     queue_type: str
     retry_delays: tuple[float, ...]
     shared_dead_letter_queue: str | None = None  # an instance queue dead-letters to its service's
+    shared_requeue_exchange: str | None = None  # ... through its service's requeue exchange
     expires_ms: int | None = None  # an instance queue goes away this long after its daemon
 
     @classmethod
@@ -53,6 +53,7 @@ class Topology:
             # instance event goes straight to the service's dead-letter queue.
             (),
             shared_dead_letter_queue=service.dead_letter_queue,
+            shared_requeue_exchange=service.requeue_exchange,
             expires_ms=round(settings.instance_queue_expires * 1000),
         )
 
@@ -62,6 +63,16 @@ class Topology:
         return self.shared_dead_letter_queue or f"{self.queue}.dead-letter"
 
     @property
+    def requeue_exchange(self) -> str:
+        """The service's own direct exchange for retries, dead letters and replays.
+
+        Routing key = the target queue's name. The daemon publishes there rather than to
+        the default exchange, whose write permission RabbitMQ cannot limit by routing key:
+        a service's broker user needs no access to other services' queues.
+        """
+        return self.shared_requeue_exchange or f"{self.queue}.requeue"
+
+    @property
     def retry_queues(self) -> list[str]:
         """One delay queue per RETRY_DELAYS entry, in order."""
         return [f"{self.queue}.retry.{round(delay * 1000)}ms" for delay in self.retry_delays]
@@ -69,10 +80,15 @@ class Topology:
     def declare(self, channel: Any, events: Iterable[str]) -> None:
         """Declare everything (idempotently) on a blocking channel and bind `events`."""
         channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
-        if self.shared_dead_letter_queue is None:
+        own_requeue = self.shared_requeue_exchange is None
+        if own_requeue:
+            channel.exchange_declare(self.requeue_exchange, exchange_type="direct", durable=True)
             channel.queue_declare(self.dead_letter_queue, durable=True, arguments=self._arguments())
+        # Dead-lettering by the broker goes through the requeue exchange too: declaring a
+        # queue needs write access to its dead-letter exchange, and a service's user must
+        # have none on the default one.
         backstop: dict[str, Any] = {
-            "x-dead-letter-exchange": _DEFAULT_EXCHANGE,
+            "x-dead-letter-exchange": self.requeue_exchange,
             "x-dead-letter-routing-key": self.dead_letter_queue,
         }
         if self.queue_type == "quorum":
@@ -85,10 +101,13 @@ class Topology:
         for delay, name in zip(self.retry_delays, self.retry_queues, strict=True):
             back = {
                 "x-message-ttl": round(delay * 1000),
-                "x-dead-letter-exchange": _DEFAULT_EXCHANGE,
+                "x-dead-letter-exchange": self.requeue_exchange,
                 "x-dead-letter-routing-key": self.queue,
             }
             channel.queue_declare(name, durable=True, arguments=self._arguments(back))
+        if own_requeue:
+            for name in [self.queue, self.dead_letter_queue, *self.retry_queues]:
+                channel.queue_bind(name, self.requeue_exchange, routing_key=name)
 
     def _arguments(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         expiry = {} if self.expires_ms is None else {"x-expires": self.expires_ms}

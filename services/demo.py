@@ -20,6 +20,9 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from broadcaster.settings import BroadcasterSettings
+from broadcaster.topology import Topology
+
 SERVICES = Path(__file__).resolve().parent
 EXCHANGE = "demo.signals"
 QUEUE_PREFIX = "demo."
@@ -122,12 +125,16 @@ def stop(name: str, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def forget_old_queues() -> None:
-    """A crashed earlier demo may have left messages; start from empty queues."""
+    """A crashed earlier demo (or an older version of it) may have left queues: start afresh."""
     connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
     try:
         channel = connection.channel()
         for service in DAEMONS:
-            channel.queue_delete(QUEUE_PREFIX + service)
+            settings = BroadcasterSettings.model_validate({"SERVICE_NAME": service, "QUEUE": QUEUE_PREFIX + service})
+            topology = Topology.for_settings(settings)
+            for queue in [topology.queue, topology.dead_letter_queue, *topology.retry_queues]:
+                channel.queue_delete(queue)
+            channel.exchange_delete(topology.requeue_exchange)
     finally:
         connection.close()
 

@@ -90,6 +90,7 @@ class Broker:
         topology = Topology.for_settings(get_settings())
         for name in [*self.queues, topology.queue, topology.dead_letter_queue, *topology.retry_queues]:
             channel.queue_delete(name)
+        channel.exchange_delete(topology.requeue_exchange)
         channel.exchange_delete(self.exchange)
         self.connection.close()
 

@@ -30,7 +30,9 @@ def test_own_queues_and_events_only(settings: Any) -> None:
     assert re.match(configure, "tests.dead-letter")
     assert not re.match(configure, "billing")
     assert not re.match(configure, "testsX")
-    assert re.match(write, "amq.default")  # retries and dead letters go through it
+    assert re.match(write, "tests.requeue")  # retries, dead letters and replays go through it
+    assert not re.match(write, "amq.default")  # which could reach any queue of the vhost
+    assert not re.match(write, "billing.requeue")
     assert not re.match(read, "billing.dead-letter")
     exchange, topic_write, topic_read = words["set_topic_permissions"][-3:]
     assert exchange == "signals"

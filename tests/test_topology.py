@@ -13,10 +13,11 @@ class Recorder:
 
     def __init__(self) -> None:
         self.queues: dict[str, dict[str, Any]] = {}
+        self.exchanges: dict[str, dict[str, Any]] = {}
         self.bindings: list[tuple[str, str, str]] = []
 
     def exchange_declare(self, name: str, **kwargs: Any) -> None:
-        self.exchange = (name, kwargs)
+        self.exchanges[name] = kwargs
 
     def queue_declare(self, name: str, durable: bool, arguments: dict[str, Any]) -> None:
         self.queues[name] = arguments
@@ -30,17 +31,29 @@ def test_service_topology(settings: Any) -> None:
     topology = Topology.for_settings(get_settings())
     channel = Recorder()
     topology.declare(channel, ["b.two", "a.one", "a.one"])
-    assert channel.exchange == ("signals", {"exchange_type": "topic", "durable": True})
+    assert channel.exchanges == {
+        "signals": {"exchange_type": "topic", "durable": True},
+        "tests.requeue": {"exchange_type": "direct", "durable": True},
+    }
     assert sorted(channel.queues) == ["tests", "tests.dead-letter", "tests.retry.2000ms", "tests.retry.500ms"]
     assert channel.queues["tests"]["x-dead-letter-routing-key"] == "tests.dead-letter"  # the broker's backstop
+    assert channel.queues["tests"]["x-dead-letter-exchange"] == "tests.requeue"  # never the default exchange
     assert channel.queues["tests"]["x-delivery-limit"] > 0
     assert channel.queues["tests.retry.500ms"] == {
         "x-queue-type": "quorum",
         "x-message-ttl": 500,
-        "x-dead-letter-exchange": "",
+        "x-dead-letter-exchange": "tests.requeue",
         "x-dead-letter-routing-key": "tests",
     }
-    assert channel.bindings == [("tests", "signals", "a.one"), ("tests", "signals", "b.two")]
+    assert channel.bindings == [
+        ("tests", "signals", "a.one"),
+        ("tests", "signals", "b.two"),
+        # the daemon's own way back into its queues, routing key = queue name
+        ("tests", "tests.requeue", "tests"),
+        ("tests.dead-letter", "tests.requeue", "tests.dead-letter"),
+        ("tests.retry.500ms", "tests.requeue", "tests.retry.500ms"),
+        ("tests.retry.2000ms", "tests.requeue", "tests.retry.2000ms"),
+    ]
 
 
 def test_instance_topology_expires_and_shares_the_dead_letter_queue(settings: Any) -> None:
@@ -51,5 +64,7 @@ def test_instance_topology_expires_and_shares_the_dead_letter_queue(settings: An
     assert topology.queue == "tests.instance.pod-7"
     assert topology.dead_letter_queue == "tests.dead-letter"
     assert list(channel.queues) == ["tests.instance.pod-7"]  # the service declares its dead-letter queue
+    assert topology.requeue_exchange == "tests.requeue"  # and the exchange to reach it
+    assert list(channel.exchanges) == ["signals"]
     assert channel.queues["tests.instance.pod-7"]["x-expires"] == 60_000
     assert channel.queues["tests.instance.pod-7"]["x-queue-type"] == "classic"

@@ -146,6 +146,7 @@ class Broker:
         channel = self.connection.channel()
         for queue in self.queues:
             channel.queue_delete(queue)
+            channel.exchange_delete(f"{queue}.requeue")  # a service queue's own; a no-op for the others
         channel.exchange_delete(self.exchange)
         self.connection.close()
 

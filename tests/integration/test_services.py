@@ -185,6 +185,7 @@ class Shop:
                 topology = Topology.for_settings(settings)
                 for queue in [topology.queue, topology.dead_letter_queue, *topology.retry_queues]:
                     channel.queue_delete(queue)
+                channel.exchange_delete(topology.requeue_exchange)
             channel.exchange_delete(self.exchange)
         finally:
             connection.close()

@@ -86,6 +86,7 @@ class Command(BaseCommand):
                 limit=limit,
                 progress=self._progress("replayed"),
                 user=settings.broker_user,
+                exchange=topology.requeue_exchange,
             )
         self.stdout.write(
             f"replayed {tally.done} of {tally.scanned} {_plural(tally.scanned)} to queue {topology.queue!r}"

@@ -439,9 +439,9 @@ def _channel_error(settings: BroadcasterSettings, exc: pika.exceptions.ChannelCl
 
 
 def _unreachable(settings: BroadcasterSettings, what: str, exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    text = connection.describe(exc)
     # pika's messages do not normally carry the URL, but never risk echoing the password.
     password = urlsplit(settings.broker_url).password
     if password:
         text = text.replace(password, "***")
-    return f"{what} the broker at {settings.redacted_broker_url}: {type(exc).__name__}: {text}"
+    return f"{what} the broker at {settings.redacted_broker_url}: {text}"

@@ -21,7 +21,7 @@ import pika
 
 from broadcaster.exceptions import RejectedMessage
 
-__all__ = ["Envelope", "IncomingMessage", "decode", "envelope_from_headers", "properties_for"]
+__all__ = ["Envelope", "IncomingMessage", "OutboundMessage", "decode", "envelope_from_headers", "properties_for"]
 
 SPECVERSION = "1.0"
 JSON = "application/json"
@@ -154,6 +154,19 @@ os.register_at_fork(after_in_child=_forget_ids_after_fork)
 
 def _format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """An event ready for the broker: its envelope and its payload JSON."""
+
+    envelope: Envelope
+    body: bytes
+
+    @property
+    def routing_key(self) -> str:
+        """Routing key on the topic exchange: the event type."""
+        return self.envelope.type
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from broadcaster import observability
-from broadcaster.envelope import envelope_from_headers
+from broadcaster.envelope import OutboundMessage, envelope_from_headers
 from broadcaster.exceptions import PublishError
 from broadcaster.models import OutboxEvent
 from broadcaster.publisher import Publisher
-from broadcaster.registry import OutboundMessage
 from broadcaster.settings import BroadcasterSettings, get_settings
 
 __all__ = ["Relay", "stop_web_relay", "store", "wake"]

@@ -23,9 +23,8 @@ from pika.adapters.select_connection import IOLoop, SelectConnection
 from pika.spec import Basic
 
 from broadcaster import connection, observability, signing
-from broadcaster.envelope import JSON, properties_for
+from broadcaster.envelope import JSON, OutboundMessage, properties_for
 from broadcaster.exceptions import FlushTimeout, PublishBufferFull
-from broadcaster.registry import OutboundMessage
 from broadcaster.settings import BroadcasterSettings, get_settings
 
 __all__ = [

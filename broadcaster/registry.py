@@ -22,8 +22,8 @@ from django.db.models.signals import ModelSignal
 from django.dispatch import Signal
 from pydantic import BaseModel, ValidationError
 
-from broadcaster import observability
-from broadcaster.envelope import Envelope
+from broadcaster import observability, publisher
+from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import (
     HopLimitExceeded,
     InvalidPayload,
@@ -34,7 +34,6 @@ from broadcaster.settings import get_settings
 
 __all__ = [
     "Broadcast",
-    "OutboundMessage",
     "Subscription",
     "Upcaster",
     "broadcast",
@@ -56,19 +55,6 @@ Fanout = Literal["service", "instance"]
 _handling: ContextVar[tuple[Signal, Envelope] | None] = ContextVar("broadcaster_handling", default=None)
 
 
-@dataclass(frozen=True, slots=True)
-class OutboundMessage:
-    """An event ready for the broker: its envelope and its payload JSON."""
-
-    envelope: Envelope
-    body: bytes
-
-    @property
-    def routing_key(self) -> str:
-        """Routing key on the topic exchange: the event type."""
-        return self.envelope.type
-
-
 @dataclass(frozen=True, eq=False)
 class Broadcast:
     """The receiver that publishes one signal as one event."""
@@ -86,16 +72,18 @@ class Broadcast:
             return  # a re-emission of a remote event: publishing it again would loop
         message = self.message(sender, kwargs, cause=current[1] if current else None)
         using = kwargs.get("using") or DEFAULT_DB_ALIAS
-        if get_settings().publish_mode == "outbox" and not _test_transport():
+        if get_settings().publish_mode == "outbox" and not publisher.is_overridden():
             _store_in_outbox(message, using)
         elif transaction.get_connection(using).in_atomic_block:
             # A full buffer must fail the request now, while the transaction can still roll
             # back; after the commit the event is always taken (see Publisher.publish).
-            _ensure_room()
-            transaction.on_commit(lambda: _publish(message, wait=False), using=using, robust=True)
+            publisher.get_publisher().ensure_room()
+            transaction.on_commit(
+                lambda: publisher.get_publisher().publish(message, wait=False), using=using, robust=True
+            )
         else:
             # What on_commit would do in autocommit mode, without opening a DB connection.
-            _publish(message)
+            publisher.get_publisher().publish(message)
 
     def message(self, sender: object, kwargs: dict[str, Any], cause: Envelope | None) -> OutboundMessage:
         """Validate the signal's kwargs and wrap them in a new envelope."""
@@ -269,24 +257,6 @@ def handling(signal: Signal, envelope: Envelope) -> Iterator[None]:
         yield
     finally:
         _handling.reset(token)
-
-
-def _publish(message: OutboundMessage, *, wait: bool = True) -> None:
-    from broadcaster.publisher import get_publisher  # noqa: PLC0415 - publisher imports this module
-
-    get_publisher().publish(message, wait=wait)
-
-
-def _ensure_room() -> None:
-    from broadcaster.publisher import get_publisher  # noqa: PLC0415 - publisher imports this module
-
-    get_publisher().ensure_room()
-
-
-def _test_transport() -> bool:
-    from broadcaster.publisher import is_overridden  # noqa: PLC0415 - publisher imports this module
-
-    return is_overridden()
 
 
 def _store_in_outbox(message: OutboundMessage, using: str) -> None:

@@ -23,10 +23,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from broadcaster.dispatch import Action, Outcome, dispatch
-from broadcaster.envelope import Envelope, properties_for
+from broadcaster.envelope import Envelope, OutboundMessage, properties_for
 from broadcaster.exceptions import RejectedMessage
 from broadcaster.publisher import use_transport
-from broadcaster.registry import OutboundMessage, subscriptions
+from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
 
 __all__ = ["Capture", "CapturedEvent", "InMemoryBroker", "capture_broadcasts", "deliver"]

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from broadcaster.envelope import Envelope
+from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import FlushTimeout, PublishBufferFull
 from broadcaster.publisher import Publisher, get_publisher
-from broadcaster.registry import OutboundMessage
 from broadcaster.settings import BroadcasterSettings, get_settings
 from tests.conftest import Broker
 

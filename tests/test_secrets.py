@@ -29,11 +29,10 @@ from pydantic import BaseModel
 import broadcaster
 from broadcaster.checks import check_settings
 from broadcaster.consumer import Consumer
-from broadcaster.envelope import Envelope
+from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import BrokerUnavailable, ConfigurationError, FlushTimeout
 from broadcaster.models import OutboxEvent
 from broadcaster.publisher import Publisher, reset_publisher
-from broadcaster.registry import OutboundMessage
 from broadcaster.settings import BroadcasterSettings, get_settings
 from tests.broker_admin import vhost_user
 from tests.integration.tls_broker import free_port

@@ -21,10 +21,10 @@ from pydantic import BaseModel
 import broadcaster
 from broadcaster import connection
 from broadcaster.consumer import Consumer
-from broadcaster.envelope import Envelope
+from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
 from broadcaster.publisher import Publisher
-from broadcaster.registry import OutboundMessage, subscriptions
+from broadcaster.registry import subscriptions
 from broadcaster.settings import BroadcasterSettings
 from broadcaster.topology import Topology
 from tests.integration.tls_broker import Authority, TlsNode, unavailable_reason

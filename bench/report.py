@@ -184,7 +184,7 @@ def _overhead_rows(overhead: dict[str, Any]) -> list[Row]:
             _at_most(p50, 30),
         ),
         Row(
-            "  the caller's own work, warm, no I/O thread (in-memory transport), median",
+            "  the caller's own work, warm, no I/O thread (a transport that drops events), median",
             _num(_get(overhead, "warm_overhead_p50_us"), "us"),
             "-",
             "-",

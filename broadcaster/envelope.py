@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,13 +61,14 @@ class Envelope:
         schema_version: str | None = None,
         cause: Envelope | None = None,
         traceparent: str | None = None,
+        time: datetime | None = None,
     ) -> Envelope:
-        """Make the envelope of an event fired now, caused by `cause` when given."""
+        """Make the envelope of an event fired at `time` (now), caused by `cause` when given."""
         return cls(
             id=_new_id(),
             source=source,
             type=type,
-            time=datetime.now(UTC),
+            time=time or datetime.now(UTC),
             subject=subject,
             schema_version=schema_version,
             causation_id=cause.id if cause else None,
@@ -156,17 +158,68 @@ def _format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-@dataclass(frozen=True, slots=True)
 class OutboundMessage:
-    """An event ready for the broker: its envelope and its payload JSON."""
+    """An event ready for the broker: its payload JSON and its envelope.
 
-    envelope: Envelope
-    body: bytes
+    A message made by `draft()` (what ``send()`` does) builds its envelope when the
+    envelope is first read, usually on the publisher's I/O thread, from the time and
+    cause recorded at ``send()``: the caller's thread only validates and serializes.
+    Only the thread holding a message reads it, so the envelope is made once.
+    """
+
+    __slots__ = ("_draft", "_envelope", "body", "type")
+
+    def __init__(self, envelope: Envelope, body: bytes) -> None:
+        self.body = body
+        self.type = envelope.type
+        self._envelope: Envelope | None = envelope
+        self._draft: _Draft | None = None
+
+    @classmethod
+    def draft(
+        cls,
+        body: bytes,
+        *,
+        source: str,
+        type: str,
+        subject: str | None,
+        schema_version: str | None,
+        cause: Envelope | None,
+        traceparent: str | None,
+    ) -> OutboundMessage:
+        """A message of an event fired now, whose envelope is made when first read."""
+        message = cls.__new__(cls)
+        message.body, message.type, message._envelope = body, type, None
+        message._draft = (time.time(), source, subject, schema_version, cause, traceparent)
+        return message
+
+    @property
+    def envelope(self) -> Envelope:
+        """The CloudEvent attributes; made on first read for a drafted message."""
+        envelope = self._envelope
+        if envelope is None:
+            assert self._draft is not None  # one of the two is always set
+            timestamp, source, subject, schema_version, cause, traceparent = self._draft
+            envelope = self._envelope = Envelope.new(
+                source=source,
+                type=self.type,
+                subject=subject,
+                schema_version=schema_version,
+                cause=cause,
+                traceparent=traceparent,
+                time=datetime.fromtimestamp(timestamp, UTC),
+            )
+            self._draft = None
+        return envelope
 
     @property
     def routing_key(self) -> str:
         """Routing key on the topic exchange: the event type."""
-        return self.envelope.type
+        return self.type
+
+
+# What send() records for an envelope made later: a plain tuple, the cheapest to build.
+_Draft = tuple[float, str, str | None, str | None, Envelope | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ import importlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,7 +60,9 @@ class _Metrics:
 
     def __init__(self) -> None:
         assert prometheus is not None
-        self.published = prometheus.Counter("broadcaster_published", "Events handed to the publisher", ["event"])
+        self.published = prometheus.Counter(
+            "broadcaster_published", "Events sent to the broker (first attempts, not re-publications)", ["event"]
+        )
         self.confirmed = prometheus.Counter("broadcaster_confirmed", "Events confirmed by the broker", ["event"])
         self.failed = prometheus.Counter(
             "broadcaster_publish_failed", "Events nacked by the broker or refused by a full buffer", ["reason"]
@@ -102,10 +105,11 @@ def _get_metrics() -> _Metrics | None:
     return _metrics
 
 
-def published(event: str) -> None:
-    """An event was handed to the publisher."""
-    if metrics := _get_metrics():
-        metrics.child(metrics.published, event).inc()
+def published(events: list[str]) -> None:
+    """The publisher sent these events to the broker for the first time (on its I/O thread)."""
+    if events and (metrics := _get_metrics()):
+        for event, count in Counter(events).items():
+            metrics.child(metrics.published, event).inc(count)
 
 
 def confirmed(envelopes: list[Envelope]) -> None:

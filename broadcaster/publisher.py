@@ -74,7 +74,7 @@ class Publisher:
         self._params = connection.parameters(settings, "publisher")
         self._signing_key = settings.signing_key
         self._user_id: str | None = getattr(self._params.credentials, "username", None)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._buffer: deque[OutboundMessage] = deque()
         # delivery tag -> message, ascending; an OrderedDict finds its first key in O(1)
         # where a dict steps over the slots of every key popped from the front.
@@ -87,6 +87,7 @@ class Publisher:
         self._closing = False
         self._wakeup_pending = False
         self._next_tag = 0
+        self._republishing = 0  # messages at the front of the buffer that were sent before
         self._failures = 0
         self.pid = os.getpid()
 
@@ -112,7 +113,6 @@ class Publisher:
         with self._cond:
             if wait and self.pending >= self._settings.max_buffer:
                 self._wait_for_room()
-            observability.published(message.envelope.type)
             self._buffer.append(message)
             wake = self._ready and not self._wakeup_pending
             self._wakeup_pending = self._wakeup_pending or wake
@@ -211,12 +211,15 @@ class Publisher:
                 return
             batch = list(self._buffer)
             self._buffer.clear()
+            fresh = batch[self._republishing :]
+            self._republishing = 0
             # While events keep coming this thread drains again on a short tick, and send()
             # does not wake it: each wake-up made the caller hand over the GIL mid-request.
             self._wakeup_pending = bool(batch)
             for message in batch:
                 self._next_tag += 1
                 self._unconfirmed[self._next_tag] = message
+        observability.published([message.type for message in fresh])
         exchange = self._settings.exchange
         for message in batch:
             headers = message.envelope.headers()
@@ -265,7 +268,9 @@ class Publisher:
 
     def _requeue(self, messages: Iterable[OutboundMessage]) -> None:
         # Called with the lock held; keeps the original order ahead of newer messages.
-        self._buffer.extendleft(reversed(list(messages)))
+        messages = list(messages)
+        self._buffer.extendleft(reversed(messages))
+        self._republishing += len(messages)
 
     def _on_channel_closed(self, _channel: object, reason: Exception) -> None:
         if not self._closing:
@@ -328,9 +333,9 @@ def get_publisher() -> Transport:
 def _pika_publisher() -> Publisher:
     global _publisher  # noqa: PLW0603 - the process-wide publisher
     publisher = _publisher
-    if publisher is None or publisher.pid != os.getpid():
+    if publisher is None:  # also in a fork()ed child: _forget_after_fork cleared it
         with _lock:
-            if _publisher is None or _publisher.pid != os.getpid():
+            if _publisher is None:
                 _publisher = Publisher(get_settings())
             publisher = _publisher
     return publisher

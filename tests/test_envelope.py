@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,7 +11,7 @@ from decimal import Decimal
 import pika
 import pytest
 
-from broadcaster.envelope import Envelope, decode, properties_for
+from broadcaster.envelope import Envelope, OutboundMessage, decode, properties_for
 from broadcaster.exceptions import RejectedMessage
 
 
@@ -151,3 +152,25 @@ def test_ids_are_unique_and_not_shared_with_a_forked_child() -> None:
     parent_next = Envelope.new(source="s", type="t").id
     assert child_id != parent_next  # the child did not reuse the parent's pool
     assert uuid.UUID(child_id).version == 4
+
+
+def test_a_drafted_message_makes_its_envelope_once_with_the_time_of_send() -> None:
+    cause = make_envelope(hops=1)
+    before = datetime.now(UTC)
+    message = OutboundMessage.draft(
+        b"{}",
+        source="orders",
+        type="orders.order_placed",
+        subject="orders.Order",
+        schema_version="1.2",
+        cause=cause,
+        traceparent=None,
+    )
+    after = datetime.now(UTC)
+    time.sleep(0.01)  # the envelope is read later, as the I/O thread would
+    envelope = message.envelope
+    assert before <= envelope.time <= after, "the time is when send() ran, not when the envelope was read"
+    assert message.envelope is envelope, "a second read must not draw a new id"
+    assert (envelope.type, envelope.subject, envelope.schema_version) == ("orders.order_placed", "orders.Order", "1.2")
+    assert (envelope.causation_id, envelope.hops) == (cause.id, 2)
+    assert message.routing_key == message.type == "orders.order_placed"

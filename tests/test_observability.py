@@ -48,6 +48,7 @@ def test_each_handled_event_is_a_log_line_and_counted(
     broker: Broker, daemon: Any, received: list[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     before = (
+        sample("broadcaster_published_total", event=EVENT),
         sample("broadcaster_confirmed_total", event=EVENT),
         sample("broadcaster_consumed_total", event=EVENT, outcome="acked"),
     )
@@ -65,10 +66,11 @@ def test_each_handled_event_is_a_log_line_and_counted(
     assert fields["duration_ms"] >= 0
     assert f"id={fields['id']}" in record.getMessage()
     after = (
+        sample("broadcaster_published_total", event=EVENT),
         sample("broadcaster_confirmed_total", event=EVENT),
         sample("broadcaster_consumed_total", event=EVENT, outcome="acked"),
     )
-    assert after == (before[0] + 1, before[1] + 1)
+    assert after == (before[0] + 1, before[1] + 1, before[2] + 1)
     assert sample("broadcaster_publish_latency_seconds_count", event=EVENT) >= 1
 
 

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import FlushTimeout, PublishBufferFull
@@ -123,6 +124,7 @@ def test_nothing_is_lost_when_the_broker_closes_every_connection_mid_burst(broke
     tap = broker.tap()
     publisher = get_publisher()
     total = 20_000
+    published_before = REGISTRY.get_sample_value("broadcaster_published_total", {"event": "tests.numbered"}) or 0
     fault = threading.Thread(
         target=subprocess.run, args=(["rabbitmqctl", "-q", "close_all_connections", "fault test"],)
     )
@@ -137,4 +139,6 @@ def test_nothing_is_lost_when_the_broker_closes_every_connection_mid_burst(broke
     received = numbers(broker, tap)
     assert set(received) == set(range(total)), "lost events"
     duplicates = len(received) - total
+    published = REGISTRY.get_sample_value("broadcaster_published_total", {"event": "tests.numbered"})
+    assert published == published_before + total, "an event sent again must not be counted again"
     print(f"close_all_connections during {total} events: 0 lost, {duplicates} duplicated")

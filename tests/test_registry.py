@@ -11,7 +11,7 @@ import pytest
 from django.db import transaction
 from django.db.models.signals import post_save
 from django.dispatch import Signal
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 import broadcaster
 from broadcaster.envelope import Envelope
@@ -109,6 +109,28 @@ def test_invalid_kwargs_raise_in_the_caller_naming_event_and_field(broker: Broke
     assert "'lines.0.quantity'" in text
     broadcaster.flush(5)
     assert broker.count(tap) == 0
+
+
+class StrictRefund(BaseModel):
+    """Refuses unknown fields, and reads one field under either of two names."""
+
+    model_config = ConfigDict(extra="forbid")
+    refund_id: int = Field(validation_alias=AliasChoices("refund_id", "refund"))
+    amount: Decimal
+
+
+class OpenRefund(StrictRefund):
+    model_config = ConfigDict(extra="allow")
+
+
+@pytest.mark.parametrize("schema", [StrictRefund, OpenRefund])
+def test_a_schema_that_refuses_or_keeps_unknown_fields_gets_only_the_kwargs_it_names(
+    broker: Broker, schema: type[BaseModel]
+) -> None:
+    refunded = Signal()
+    broadcaster.broadcast(refunded, event="billing.refunded", schema=schema)
+    [message] = publish_and_read(broker, lambda: refunded.send(sender=None, refund=5, amount="1.50", secret="x"))
+    assert message["body"] == {"refund_id": 5, "amount": "1.50"}
 
 
 def test_registration_is_idempotent(broker: Broker) -> None:

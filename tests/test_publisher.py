@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+from pika.adapters.select_connection import SelectConnection
 from prometheus_client import REGISTRY
 
 from broadcaster.envelope import Envelope, OutboundMessage
@@ -43,6 +44,45 @@ def test_every_event_is_confirmed_and_arrives_in_order(broker: Broker) -> None:
     publisher.flush(20)
     assert publisher.pending == 0
     assert numbers(broker, tap) == list(range(2000))
+
+
+def test_a_batch_of_publishes_is_written_to_the_socket_at_once(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+    write = SelectConnection._adapter_emit_data  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        SelectConnection, "_adapter_emit_data", lambda self, data: (writes.append(len(data)), write(self, data))
+    )
+    tap = broker.tap()
+    publisher = Publisher(get_settings())
+    for n in range(300):  # all buffered before the connection is up: one drain takes them
+        publisher.publish(message(n))
+    publisher.flush(20)
+    publisher.close(5)
+    assert numbers(broker, tap) == list(range(300))
+    large = [size for size in writes if size > 300 * 300]
+    assert large, f"300 publishes went out in {len(writes)} writes, none holding the batch"
+
+
+def test_the_io_thread_is_woken_once_for_events_in_quick_succession_and_then_rests(broker: Broker) -> None:
+    publisher = Publisher(get_settings())
+    publisher.publish(message(0))
+    publisher.flush(10)  # connected, and the first event published
+    ioloop = publisher._ioloop
+    assert ioloop is not None
+    wakes, drains = [], []
+    wake, drain = ioloop.add_callback_threadsafe, publisher._drain
+    ioloop.add_callback_threadsafe = lambda callback: (wakes.append(1), wake(callback))  # type: ignore[method-assign]
+    publisher._drain = lambda: (drains.append(time.monotonic()), drain())  # type: ignore[method-assign]
+    for n in range(1, 21):
+        publisher.publish(message(n))
+        time.sleep(0.005)
+    publisher.flush(10)
+    assert len(wakes) <= 1, "events sent while the I/O thread ticks must not wake it"
+    time.sleep(0.5)  # longer than the I/O thread's linger after the last event
+    resting_since = time.monotonic()
+    time.sleep(0.2)
+    assert not [at for at in drains if at > resting_since], "an idle publisher must stop ticking"
+    publisher.close(5)
 
 
 def test_publish_does_not_wait_for_the_broker() -> None:

@@ -9,8 +9,10 @@ events its receivers fire carry it as their cause.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,6 +21,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.signals import ModelSignal
 from django.dispatch import Signal
 from pydantic import AliasChoices, AliasPath, BaseModel, ValidationError
@@ -75,7 +78,7 @@ class Broadcast:
         using = kwargs.get("using") or DEFAULT_DB_ALIAS
         if get_settings().publish_mode == "outbox" and not publisher.is_overridden():
             _store_in_outbox(message, using)
-        elif transaction.get_connection(using).in_atomic_block:
+        elif _in_atomic_block(using):
             # A full buffer must fail the request now, while the transaction can still roll
             # back; after the commit the event is always taken (see Publisher.publish).
             publisher.get_publisher().ensure_room()
@@ -260,6 +263,27 @@ def handling(signal: Signal, envelope: Envelope) -> Iterator[None]:
         yield
     finally:
         _handling.reset(token)
+
+
+_connections = threading.local()  # this thread's Django connection objects, by alias
+
+
+def _in_atomic_block(using: str) -> bool:
+    """``transaction.get_connection(using).in_atomic_block``, at a tenth of the cost.
+
+    Django keeps one connection object per thread and alias for the thread's life, and
+    its lookup raises and catches an exception every time (asgiref asks for a running
+    event loop). Under an event loop connections are per task, so they are looked up.
+    """
+    if asyncio._get_running_loop() is not None:
+        return bool(transaction.get_connection(using).in_atomic_block)
+    known: dict[str, BaseDatabaseWrapper] | None = getattr(_connections, "by_alias", None)
+    if known is None:
+        known = _connections.by_alias = {}
+    wrapper = known.get(using)
+    if wrapper is None:
+        wrapper = known[using] = transaction.get_connection(using)
+    return bool(wrapper.in_atomic_block)
 
 
 def _store_in_outbox(message: OutboundMessage, using: str) -> None:

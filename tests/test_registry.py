@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -16,7 +18,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 import broadcaster
 from broadcaster.envelope import Envelope
 from broadcaster.exceptions import HopLimitExceeded, InvalidPayload, MessageTooLarge, RegistrationError
-from broadcaster.registry import handling, subscriptions
+from broadcaster.registry import _in_atomic_block, handling, subscriptions
 from tests.conftest import Broker
 from tests.testapp.models import Article
 
@@ -245,3 +247,27 @@ def test_full_buffer_fails_the_request_inside_its_transaction(settings: Any) -> 
     finally:
         publisher_module.get_publisher()._closing = True  # type: ignore[attr-defined]
         publisher_module._publisher = None
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
+def test_the_atomic_check_agrees_with_django_in_every_thread_alias_and_event_loop() -> None:
+    def both(using: str) -> tuple[bool, bool]:
+        return _in_atomic_block(using), transaction.get_connection(using).in_atomic_block
+
+    assert both("default") == (False, False)
+    with transaction.atomic():
+        assert both("default") == (True, True)
+        assert both("sqlite") == (False, False)
+        seen_by_another_thread: list[tuple[bool, bool]] = []
+        thread = threading.Thread(target=lambda: seen_by_another_thread.append(both("default")))
+        thread.start()
+        thread.join()
+        assert seen_by_another_thread == [(False, False)], "another thread is not in this transaction"
+
+        async def under_an_event_loop() -> tuple[bool, bool]:
+            return both("default")
+
+        assert asyncio.run(under_an_event_loop()) == (False, False), "a task has connections of its own"
+    assert both("default") == (False, False)
+    with transaction.atomic(using="sqlite"):
+        assert both("sqlite") == (True, True)

@@ -42,35 +42,45 @@ logger = logging.getLogger(__name__)
 
 _DRAIN_TICK = 0.001  # seconds between drains while events keep coming
 _LINGER = 0.25  # seconds the I/O thread keeps to its tick after the last event
+_WRITE_BYTES = 128 * 1024  # the most a batch of publishes hands to the socket in one write
 
 
 class _BatchingConnection(SelectConnection):
-    """A SelectConnection that hands the frames of a batch of publishes to the socket at once.
+    """A SelectConnection that hands the frames of a batch of publishes to the socket together.
 
     pika writes every frame with a send() of its own: three system calls per message,
-    each releasing the GIL. Within `batched()` the frames are joined and written once.
+    each releasing the GIL. Within `batched()` frames are joined into writes of up to
+    _WRITE_BYTES (larger ones would make pika copy the rest of a partly sent buffer).
     """
 
     _batch: list[bytes] | None = None
+    _batch_bytes = 0
 
     def _adapter_emit_data(self, data: bytes) -> None:
         # pika's hook for an adapter's output (absent from the type stubs); every frame of
         # the connection passes here.
-        if self._batch is not None:
-            self._batch.append(data)
-        else:
+        if self._batch is None:
             super()._adapter_emit_data(data)  # type: ignore[misc]
+            return
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= _WRITE_BYTES:
+            self._write_batch()
 
     @contextmanager
     def batched(self) -> Iterator[None]:
-        """Collect the frames written within the block and write them in one piece."""
-        self._batch = []
+        """Collect the frames written within the block and write them in few pieces."""
+        self._batch, self._batch_bytes = [], 0
         try:
             yield
         finally:
-            frames, self._batch = self._batch, None
-            if frames:
-                super()._adapter_emit_data(b"".join(frames))  # type: ignore[misc]
+            self._write_batch()
+            self._batch = None
+
+    def _write_batch(self) -> None:
+        if self._batch:
+            super()._adapter_emit_data(b"".join(self._batch))  # type: ignore[misc]
+        self._batch, self._batch_bytes = [], 0
 
 
 class Transport(Protocol):

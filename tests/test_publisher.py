@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import FlushTimeout, PublishBufferFull
-from broadcaster.publisher import Publisher, get_publisher
+from broadcaster.publisher import _WRITE_BYTES, Publisher, get_publisher
 from broadcaster.settings import BroadcasterSettings, get_settings
 from tests.conftest import Broker
 
@@ -54,13 +54,14 @@ def test_a_batch_of_publishes_is_written_to_the_socket_at_once(broker: Broker, m
     )
     tap = broker.tap()
     publisher = Publisher(get_settings())
-    for n in range(300):  # all buffered before the connection is up: one drain takes them
+    for n in range(1000):  # all buffered before the connection is up: one drain takes them
         publisher.publish(message(n))
     publisher.flush(20)
     publisher.close(5)
-    assert numbers(broker, tap) == list(range(300))
-    large = [size for size in writes if size > 300 * 300]
-    assert large, f"300 publishes went out in {len(writes)} writes, none holding the batch"
+    assert numbers(broker, tap) == list(range(1000))
+    batches = [size for size in writes if size > 100 * 300]
+    assert sum(batches) > 1000 * 300, f"1000 publishes went out in {len(writes)} writes, not in batches"
+    assert max(batches) < _WRITE_BYTES + 1000, "a write holds at most _WRITE_BYTES and one more frame"
 
 
 def test_the_io_thread_is_woken_once_for_events_in_quick_succession_and_then_rests(broker: Broker) -> None:

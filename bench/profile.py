@@ -84,6 +84,17 @@ def _per_call_us(function: Any, count: int = 20_000) -> float:
     return (time.perf_counter_ns() - start) / count / 1000
 
 
+def _dropped_send_us(kwargs: dict[str, Any]) -> float:
+    """A broadcast send() with a transport that drops the event, minus a send() nobody receives."""
+    from bench.events import order_placed, order_placed_plain  # noqa: PLC0415
+    from bench.library import Order, _Discard  # noqa: PLC0415
+    from broadcaster.publisher import use_transport  # noqa: PLC0415
+
+    with use_transport(_Discard()):
+        broadcast = _per_call_us(lambda: order_placed.send(Order, **kwargs))
+    return broadcast - _per_call_us(lambda: order_placed_plain.send(Order, **kwargs))
+
+
 def breakdown() -> list[tuple[str, float]]:
     """Microseconds per event of each step, each timed alone in a hot loop (no I/O, no other thread)."""
     import pika  # noqa: PLC0415
@@ -93,13 +104,13 @@ def breakdown() -> list[tuple[str, float]]:
     from bench.events import EVENT, BenchOrderPlaced, kwargs_for, order_placed_plain  # noqa: PLC0415
     from bench.library import Order  # noqa: PLC0415
     from broadcaster.dispatch import dispatch  # noqa: PLC0415
-    from broadcaster.envelope import Envelope, decode, properties_for  # noqa: PLC0415
-    from broadcaster.registry import Subscription, broadcasts  # noqa: PLC0415
+    from broadcaster.envelope import Envelope, OutboundMessage, decode, properties_for  # noqa: PLC0415
+    from broadcaster.registry import Subscription, _in_atomic_block, broadcasts  # noqa: PLC0415
     from broadcaster.settings import get_settings  # noqa: PLC0415
 
     receiver = broadcasts()[0]
     kwargs = kwargs_for(1)
-    data = {name: value for name, value in kwargs.items() if name in receiver.accepted}
+    data = dict(kwargs, signal=order_placed_plain)  # what the receiver is given
     payload = BenchOrderPlaced.model_validate(data, from_attributes=True)
     message = receiver.message(Order, kwargs, None)
     envelope = message.envelope
@@ -121,23 +132,38 @@ def breakdown() -> list[tuple[str, float]]:
             "caller: Signal.send with no receiver (baseline)",
             _per_call_us(lambda: order_placed_plain.send(Order, **kwargs)),
         ),
-        ("caller: Broadcast.message (all of the below)", _per_call_us(lambda: receiver.message(Order, kwargs, None))),
+        ("caller: broadcast send(), all of it, events dropped", _dropped_send_us(kwargs)),
         (
-            "caller:   schema.model_validate(from_attributes)",
-            _per_call_us(lambda: BenchOrderPlaced.model_validate(data, from_attributes=True)),
+            "caller:   Broadcast.message (validate, serialize, draft)",
+            _per_call_us(lambda: receiver.message(Order, data, None)),
         ),
         (
-            "caller:   serializer.to_json",
+            "caller:     schema validator, from_attributes",
+            _per_call_us(lambda: BenchOrderPlaced.__pydantic_validator__.validate_python(data, from_attributes=True)),
+        ),
+        (
+            "caller:     serializer.to_json",
             _per_call_us(lambda: BenchOrderPlaced.__pydantic_serializer__.to_json(payload)),
         ),
         (
-            "caller:   Envelope.new",
-            _per_call_us(lambda: Envelope.new(source="s", type=EVENT, subject="x", schema_version="1.0")),
+            "caller:     OutboundMessage.draft",
+            _per_call_us(
+                lambda: OutboundMessage.draft(
+                    message.body, source="s", type=EVENT, subject="x", schema_version="1", cause=None, traceparent=None
+                )
+            ),
         ),
-        ("caller:     uuid.uuid4 (os.urandom syscall)", _per_call_us(uuid.uuid4)),
         (
-            "caller: transaction.get_connection().in_atomic_block",
+            "caller:   in a transaction? (the thread's connection, kept)",
+            _per_call_us(lambda: _in_atomic_block("default")),
+        ),
+        (
+            "caller:     the same through Django's lookup",
             _per_call_us(lambda: transaction.get_connection("default").in_atomic_block),
+        ),
+        (
+            "I/O thread: the envelope (Envelope.new, id from the pool)",
+            _per_call_us(lambda: Envelope.new(source="s", type=EVENT, subject="x", schema_version="1.0")),
         ),
         ("I/O thread: properties_for (ce- headers, BasicProperties)", _per_call_us(lambda: properties_for(envelope))),
         ("I/O thread: pika frame marshalling (method, header, body)", _per_call_us(frames)),
@@ -217,13 +243,16 @@ def main() -> None:
     import django  # noqa: PLC0415
 
     django.setup()
-    from bench.run import _clean_up, _declare_consumer_queues  # noqa: PLC0415
+    from bench.run import _clean_up, _consumer_topology, _declare  # noqa: PLC0415
 
     names = Names(run_id)
-    common.setup_broker(names)
-    queues = [names.raw_queue, names.raw_latency_queue, names.sink_queue, *_declare_consumer_queues(names)]
+    topology = _consumer_topology(names)
+    queues = [names.raw_queue, names.raw_latency_queue, names.sink_queue, topology.queue]
+    queues += [topology.dead_letter_queue, *topology.retry_queues]
     RESULTS.mkdir(exist_ok=True)
     try:
+        common.setup_broker(names)
+        _declare(topology)
         steps = breakdown()
         text = "\n".join(f"{us:8.2f} us  {what}" for what, us in steps)
         (RESULTS / "profile-breakdown.txt").write_text(text + "\n")

@@ -47,7 +47,7 @@ def publish_throughput(count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def caller_overhead(samples: int, pause: float = 0.0002) -> dict[str, float]:
+def caller_overhead(samples: int, pause: float = 0.0002) -> dict[str, Any]:
     """Microseconds one send() costs the caller, with the broadcast and without.
 
     Calls alternate between the broadcast signal and the same kwargs on a signal nobody
@@ -71,8 +71,13 @@ def caller_overhead(samples: int, pause: float = 0.0002) -> dict[str, float]:
         time.sleep(pause)
     broadcaster.flush(60)
     warm = _warm_caller_cost(kwargs, samples)
+    fifth = max(1, samples // 5)
     return {
         **warm,
+        # The same median over each fifth of the run: how much it drifts within one run.
+        "overhead_p50_us_by_fifth": [
+            median(with_broadcast[i : i + fifth]) - median(without[i : i + fifth]) for i in range(0, samples, fifth)
+        ][:5],
         "broadcast_p50_us": median(with_broadcast),
         "broadcast_p99_us": percentile(with_broadcast, 99),
         "plain_p50_us": median(without),

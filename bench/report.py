@@ -89,6 +89,12 @@ def _num(value: Any, unit: str, digits: int = 1) -> str:
     return f"{value:,.{digits}f} {unit}" if isinstance(value, int | float) and not math.isnan(value) else "n/a"
 
 
+def _fifths(values: Any) -> str:
+    if not isinstance(values, list) or not values:
+        return "n/a"
+    return ", ".join(f"{value:.1f}" for value in values) + " us"
+
+
 def _get(mapping: Any, key: str) -> float:
     value = mapping.get(key) if isinstance(mapping, dict) else None
     return float(value) if isinstance(value, int | float) else math.nan
@@ -182,6 +188,14 @@ def _overhead_rows(overhead: dict[str, Any]) -> list[Row]:
             "-",
             "<= 30 us",
             _at_most(p50, 30),
+        ),
+        Row(
+            "  the same median over each fifth of the samples, in order",
+            _fifths(overhead.get("overhead_p50_us_by_fifth")),
+            "-",
+            "-",
+            "drift within the run",
+            None,
         ),
         Row(
             "  the caller's own work, warm, no I/O thread (a transport that drops events), median",

@@ -164,7 +164,9 @@ def handled(envelope: Envelope | None, event: str, outcome: str, reason: str, se
 
 def current_traceparent() -> str | None:
     """The W3C traceparent of the active span, to send as ``ce-traceparent``."""
-    if trace is None or propagate is None or not trace.get_current_span().get_span_context().is_valid:
+    if trace is None or propagate is None or otel_context is None or not otel_context.get_current():
+        return None  # nothing attached to the context: no span (a quarter of the full check's cost)
+    if not trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     propagate.inject(carrier)

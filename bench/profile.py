@@ -243,12 +243,11 @@ def main() -> None:
     import django  # noqa: PLC0415
 
     django.setup()
-    from bench.run import _clean_up, _consumer_topology, _declare  # noqa: PLC0415
+    from bench.run import _clean_up, _consumer_topology, _declare, _queues  # noqa: PLC0415
 
     names = Names(run_id)
     topology = _consumer_topology(names)
-    queues = [names.raw_queue, names.raw_latency_queue, names.sink_queue, topology.queue]
-    queues += [topology.dead_letter_queue, *topology.retry_queues]
+    queues = _queues(names, topology)
     RESULTS.mkdir(exist_ok=True)
     try:
         common.setup_broker(names)

@@ -56,8 +56,7 @@ def main() -> None:
     started = time.time()
     print(f"bench run {run_id}: exchange {names.exchange}", file=sys.stderr)
     topology = _consumer_topology(names)
-    queues = [names.raw_queue, names.raw_latency_queue, names.sink_queue, topology.queue]
-    queues += [topology.dead_letter_queue, *topology.retry_queues]
+    queues = _queues(names, topology)
     results: dict[str, Any] = {"config": {k: v for k, v in vars(args).items() if k != "quick"}}
     try:
         server = common.setup_broker(names)
@@ -159,6 +158,12 @@ def _consumer_topology(names: Names) -> Any:
 
     consumer = {**settings.BROADCASTER, "SERVICE_NAME": "bench-consumer", "QUEUE": names.consumer_queue}
     return Topology.for_settings(BroadcasterSettings.model_validate(consumer))
+
+
+def _queues(names: Names, topology: Any) -> list[str]:
+    """Every queue a run declares, for the clean-up."""
+    queues = [names.raw_queue, names.raw_latency_queue, names.sink_queue, topology.queue]
+    return [*queues, topology.dead_letter_queue, *topology.retry_queues]
 
 
 def _declare(topology: Any) -> None:

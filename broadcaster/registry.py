@@ -342,16 +342,16 @@ def _label(sender: object) -> str | None:
         return _class_label(sender)
     if sender is None:
         return None
-    meta = getattr(sender, "_meta", None)
-    if meta is not None and hasattr(meta, "label"):
-        return str(meta.label)
-    return str(sender)[:200]
+    return _model_label(sender) or str(sender)[:200]
 
 
 @functools.lru_cache(maxsize=256)
 def _class_label(sender: type) -> str:
     # Senders are mostly model classes, labelled on every send().
+    return _model_label(sender) or f"{sender.__module__}.{sender.__qualname__}"
+
+
+def _model_label(sender: object) -> str | None:
+    """``app_label.Model`` of a model class or instance, None for anything else."""
     meta = getattr(sender, "_meta", None)
-    if meta is not None and hasattr(meta, "label"):
-        return str(meta.label)
-    return f"{sender.__module__}.{sender.__qualname__}"
+    return str(meta.label) if meta is not None and hasattr(meta, "label") else None

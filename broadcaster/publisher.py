@@ -247,6 +247,10 @@ class Publisher:
         logger.info("publisher connected to %s", self._settings.redacted_broker_url)
         self._drain()
 
+    def _on_tick(self) -> None:
+        self._tick = None  # fired: there is nothing left to cancel
+        self._drain()
+
     def _drain(self) -> None:
         if self._tick is not None and self._ioloop is not None:
             self._ioloop.remove_timeout(self._tick)  # one chain of ticks, however the drain came
@@ -277,7 +281,7 @@ class Publisher:
             self._close_connection()  # the batch is in _unconfirmed already: closing hands it back
             return
         if self._wakeup_pending and self._ioloop is not None:
-            self._tick = self._ioloop.call_later(_DRAIN_TICK, self._drain)
+            self._tick = self._ioloop.call_later(_DRAIN_TICK, self._on_tick)
 
     def _publish_all(self, batch: list[OutboundMessage]) -> bool:
         exchange = self._settings.exchange

@@ -95,6 +95,11 @@ def _fifths(values: Any) -> str:
     return ", ".join(f"{value:.1f}" for value in values) + " us"
 
 
+def _share(overhead: dict[str, Any]) -> str:
+    share = _get(overhead, "normal_share")
+    return "n/a" if math.isnan(share) else f"{share:.0%} of them"
+
+
 def _get(mapping: Any, key: str) -> float:
     value = mapping.get(key) if isinstance(mapping, dict) else None
     return float(value) if isinstance(value, int | float) else math.nan
@@ -195,6 +200,30 @@ def _overhead_rows(overhead: dict[str, Any]) -> list[Row]:
             "-",
             "-",
             "drift within the run",
+            None,
+        ),
+        Row(
+            "  the machine's speed meanwhile: a fixed pure-Python loop, median over each fifth",
+            _fifths(overhead.get("machine_speed_us_by_fifth")),
+            "-",
+            "-",
+            "diagnostic",
+            None,
+        ),
+        Row(
+            f"  the median in samples taken while that loop ran near its best ({_share(overhead)})",
+            _num(_get(overhead, "normal_overhead_p50_us"), "us"),
+            "-",
+            "-",
+            "diagnostic",
+            None,
+        ),
+        Row(
+            "  the median in the others, the machine's slow phases",
+            _num(_get(overhead, "slow_overhead_p50_us"), "us"),
+            "-",
+            "-",
+            "diagnostic",
             None,
         ),
         Row(

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -190,7 +190,7 @@ class OutboundMessage:
         """A message of an event fired now, whose envelope is made when first read."""
         message = cls.__new__(cls)
         message.body, message.type, message._envelope = body, type, None
-        message._draft = (time.time(), source, subject, schema_version, cause, traceparent)
+        message._draft = (time.time_ns(), source, subject, schema_version, cause, traceparent)
         return message
 
     @property
@@ -199,7 +199,7 @@ class OutboundMessage:
         envelope = self._envelope
         if envelope is None:
             assert self._draft is not None  # one of the two is always set
-            timestamp, source, subject, schema_version, cause, traceparent = self._draft
+            nanoseconds, source, subject, schema_version, cause, traceparent = self._draft
             envelope = self._envelope = Envelope.new(
                 source=source,
                 type=self.type,
@@ -207,7 +207,9 @@ class OutboundMessage:
                 schema_version=schema_version,
                 cause=cause,
                 traceparent=traceparent,
-                time=datetime.fromtimestamp(timestamp, UTC),
+                # Whole microseconds, cut as datetime.now() cuts them: a float would round
+                # up now and then, past the moment send() ran.
+                time=_EPOCH + timedelta(microseconds=nanoseconds // 1000),
             )
             self._draft = None
         return envelope
@@ -218,8 +220,9 @@ class OutboundMessage:
         return self.type
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # What send() records for an envelope made later: a plain tuple, the cheapest to build.
-_Draft = tuple[float, str, str | None, str | None, Envelope | None, str | None]
+_Draft = tuple[int, str, str | None, str | None, Envelope | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)

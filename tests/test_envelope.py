@@ -174,3 +174,18 @@ def test_a_drafted_message_makes_its_envelope_once_with_the_time_of_send() -> No
     assert (envelope.type, envelope.subject, envelope.schema_version) == ("orders.order_placed", "orders.Order", "1.2")
     assert (envelope.causation_id, envelope.hops) == (cause.id, 2)
     assert message.routing_key == message.type == "orders.order_placed"
+
+
+def test_the_envelope_time_is_the_send_time_cut_to_whole_microseconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 43.180088999 s: through a float it would round up to .180089, after send() ran.
+    monkeypatch.setattr(time, "time_ns", lambda: 1_795_542_763_180_088_999)
+    message = OutboundMessage.draft(
+        b"{}",
+        source="orders",
+        type="orders.order_placed",
+        subject=None,
+        schema_version="1.0",
+        cause=None,
+        traceparent=None,
+    )
+    assert message.envelope.time == datetime(2026, 11, 24, 17, 52, 43, 180088, tzinfo=UTC)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -12,7 +14,7 @@ import time
 from typing import Any
 
 import pytest
-from pika.adapters.select_connection import SelectConnection
+from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
 from prometheus_client import REGISTRY
 
 from broadcaster.envelope import Envelope, OutboundMessage
@@ -46,12 +48,22 @@ def test_every_event_is_confirmed_and_arrives_in_order(broker: Broker) -> None:
     assert numbers(broker, tap) == list(range(2000))
 
 
-def test_a_batch_of_publishes_is_written_to_the_socket_at_once(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+def record_socket_writes(monkeypatch: pytest.MonkeyPatch, send: Any = None) -> list[int]:
+    """Sizes of the writes made on any socket from now on, pika's own and the publisher's."""
     writes: list[int] = []
-    write = SelectConnection._adapter_emit_data  # type: ignore[attr-defined]
-    monkeypatch.setattr(
-        SelectConnection, "_adapter_emit_data", lambda self, data: (writes.append(len(data)), write(self, data))
-    )
+    original = socket.socket.send
+
+    def recording(sock: socket.socket, data: bytes, *args: Any) -> int:
+        sent: int = (send or original)(sock, data, *args)
+        writes.append(sent)
+        return sent
+
+    monkeypatch.setattr(socket.socket, "send", recording)
+    return writes
+
+
+def test_a_batch_of_publishes_is_written_to_the_socket_at_once(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = record_socket_writes(monkeypatch)
     tap = broker.tap()
     publisher = Publisher(get_settings())
     for n in range(1000):  # all buffered before the connection is up: one drain takes them
@@ -62,6 +74,68 @@ def test_a_batch_of_publishes_is_written_to_the_socket_at_once(broker: Broker, m
     batches = [size for size in writes if size > 100 * 300]
     assert sum(batches) > 1000 * 300, f"1000 publishes went out in {len(writes)} writes, not in batches"
     assert max(batches) < _WRITE_BYTES + 1000, "a write holds at most _WRITE_BYTES and one more frame"
+
+
+def test_a_batch_goes_to_the_socket_without_waiting_for_the_poller(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tap = broker.tap()
+    publisher = Publisher(get_settings())
+    publisher.publish(message(0))
+    publisher.flush(10)  # connected: from now on every write finds pika's buffer empty
+    assert publisher._connection is not None
+    ours = publisher._connection._transport  # type: ignore[attr-defined]
+    buffered: list[int] = []
+    write = _AsyncPlaintextTransport.write
+
+    def buffering(transport: Any, data: bytes) -> None:
+        if transport is ours:
+            buffered.append(len(data))
+        write(transport, data)
+
+    monkeypatch.setattr(_AsyncPlaintextTransport, "write", buffering)
+    for n in range(1, 51):
+        publisher.publish(message(n))
+        time.sleep(0.002)
+    publisher.flush(10)
+    monkeypatch.undo()
+    publisher.close(5)
+    assert numbers(broker, tap) == list(range(51))
+    assert not buffered, f"{len(buffered)} writes waited for the poller to report the socket writable"
+
+
+@pytest.mark.parametrize("refusal", ["partial", "would-block"])
+def test_writes_the_socket_does_not_take_at_once_go_out_later_in_order(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    tap = broker.tap()
+    publisher = Publisher(get_settings())
+    publisher.publish(message(0))
+    publisher.flush(10)
+    connection = publisher._connection
+    assert connection is not None
+    ours = connection._transport  # type: ignore[attr-defined]
+    original = socket.socket.send
+    calls = itertools.count()
+
+    def reluctant(sock: socket.socket, data: bytes, *args: Any) -> int:
+        if sock is not ours._sock:
+            return original(sock, data, *args)
+        if refusal == "would-block" and not ours.get_write_buffer_size() and next(calls) % 2 == 0:
+            raise BlockingIOError  # a write made at once, before pika buffered anything
+        return original(sock, data[:700], *args)  # never more than part of a batch
+
+    writes = record_socket_writes(monkeypatch, send=reluctant)
+    for n in range(1, 301):
+        publisher.publish(message(n))
+        if n % 50 == 0:
+            time.sleep(0.003)  # let some batches go out while others are still buffered
+    publisher.flush(20)
+    monkeypatch.undo()
+    publisher.close(5)
+    assert len(writes) > 50
+    assert numbers(broker, tap) == list(range(301))
+    assert publisher._connection is connection, "the connection must not have been lost on the way"
 
 
 def test_the_io_thread_is_woken_once_for_events_in_quick_succession_and_then_rests(broker: Broker) -> None:

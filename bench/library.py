@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
+import threading
 import time
 from typing import Any
 
@@ -102,6 +104,26 @@ def caller_overhead(samples: int, pause: float = 0.0002) -> dict[str, Any]:
         "overhead_p99_us": percentile(with_broadcast, 99) - percentile(without, 99),
         "samples": samples,
     }
+
+
+def caller_overhead_apart(samples: int) -> dict[str, Any]:
+    """`caller_overhead()` with the publisher's I/O thread kept on other cores than the caller.
+
+    A diagnostic, not a set-up the library makes: it shows what the caller pays when the
+    scheduler puts both threads on one core, which it does as they hand the GIL over.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    io_thread = next((t for t in threading.enumerate() if t.name == "broadcaster-publisher"), None)
+    if len(cpus) < 2 or io_thread is None or io_thread.native_id is None:
+        return {"available": False}
+    caller, publisher = threading.get_native_id(), io_thread.native_id
+    try:
+        os.sched_setaffinity(caller, cpus[:1])
+        os.sched_setaffinity(publisher, cpus[1:])
+        return {"available": True, **caller_overhead(samples)}
+    finally:
+        os.sched_setaffinity(caller, cpus)
+        os.sched_setaffinity(publisher, cpus)
 
 
 _PROBE_EVERY = 100  # caller samples between two timings of machine_speed()

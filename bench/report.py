@@ -138,7 +138,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
         )
     )
     out.extend(_outbox_rows(results.get("outbox", {})))
-    out.extend(_overhead_rows(results.get("overhead", {})))
+    out.extend(_overhead_rows(results.get("overhead", {}), results.get("overhead_apart", {})))
     daemon = _paired_ratio(rounds, "daemon", "raw_consume")
     out.append(
         Row(
@@ -183,7 +183,7 @@ def _outbox_rows(outbox: dict[str, Any]) -> list[Row]:
     ]
 
 
-def _overhead_rows(overhead: dict[str, Any]) -> list[Row]:
+def _overhead_rows(overhead: dict[str, Any], apart: dict[str, Any]) -> list[Row]:
     p50, p99 = _get(overhead, "overhead_p50_us"), _get(overhead, "overhead_p99_us")
     return [
         Row(
@@ -221,6 +221,14 @@ def _overhead_rows(overhead: dict[str, Any]) -> list[Row]:
         Row(
             "  the median in the others, the machine's slow phases",
             _num(_get(overhead, "slow_overhead_p50_us"), "us"),
+            "-",
+            "-",
+            "diagnostic",
+            None,
+        ),
+        Row(
+            "  the same median with the publisher's I/O thread kept on another core (bench only)",
+            _num(_get(apart, "overhead_p50_us"), "us") if apart.get("available") else "n/a",
             "-",
             "-",
             "diagnostic",

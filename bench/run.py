@@ -75,6 +75,9 @@ def _run_all(args: argparse.Namespace, names: Names, results: dict[str, Any]) ->
     common.purge(names.consumer_queue)
     results["rounds"] = [_round(args.count, names, raw_first=index % 2 == 0) for index in range(args.rounds)]
     results["overhead"] = _step("caller overhead", lambda: library.caller_overhead(args.samples))
+    results["overhead_apart"] = _step(
+        "caller overhead, I/O thread on another core", lambda: library.caller_overhead_apart(args.samples)
+    )
     common.purge(names.consumer_queue)
     count = int(args.rate * args.seconds)
     results["latency_raw"] = _step(

@@ -82,8 +82,9 @@ def caller_overhead(samples: int, pause: float = 0.0002) -> dict[str, Any]:
     warm = _warm_caller_cost(kwargs, samples)
     fifth = max(1, samples // 5)
     # Samples taken while the probe ran near its best of the run, and the others.
-    normal = [i for i in range(samples) if speeds[i] <= min(speeds) * _SLOW]
-    slow = sorted(set(range(samples)) - set(normal))
+    limit = min(speeds) * _SLOW
+    normal = [i for i in range(samples) if speeds[i] <= limit]
+    slow = [i for i in range(samples) if speeds[i] > limit]
 
     def overhead(indices: list[int]) -> float:
         return median([with_broadcast[i] for i in indices]) - median([without[i] for i in indices])

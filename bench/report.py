@@ -100,6 +100,11 @@ def _share(overhead: dict[str, Any]) -> str:
     return "n/a" if math.isnan(share) else f"{share:.0%} of them"
 
 
+def _shown(measure: str, value: str, target: str = "diagnostic") -> Row:
+    """A row of a figure shown for what it tells, with no baseline and nothing to pass."""
+    return Row(measure, value, "-", "-", target, None)
+
+
 def _get(mapping: Any, key: str) -> float:
     value = mapping.get(key) if isinstance(mapping, dict) else None
     return float(value) if isinstance(value, int | float) else math.nan
@@ -172,13 +177,10 @@ def _outbox_rows(outbox: dict[str, Any]) -> list[Row]:
             ">= 3,000/s",
             _at_least(relay, 3000),
         ),
-        Row(
+        _shown(
             f"Outbox write: send() in transactions of {outbox.get('per_transaction')}",
             _rate(_get(outbox, "write_events_per_s")),
-            "-",
-            "-",
             "reported",
-            None,
         ),
     ]
 
@@ -194,53 +196,30 @@ def _overhead_rows(overhead: dict[str, Any], apart: dict[str, Any]) -> list[Row]
             "<= 30 us",
             _at_most(p50, 30),
         ),
-        Row(
+        _shown(
             "  the same median over each fifth of the samples, in order",
             _fifths(overhead.get("overhead_p50_us_by_fifth")),
-            "-",
-            "-",
             "drift within the run",
-            None,
         ),
-        Row(
+        _shown(
             "  the machine's speed meanwhile: a fixed pure-Python loop, median over each fifth",
             _fifths(overhead.get("machine_speed_us_by_fifth")),
-            "-",
-            "-",
-            "diagnostic",
-            None,
         ),
-        Row(
+        _shown(
             f"  the median in samples taken while that loop ran near its best ({_share(overhead)})",
             _num(_get(overhead, "normal_overhead_p50_us"), "us"),
-            "-",
-            "-",
-            "diagnostic",
-            None,
         ),
-        Row(
+        _shown(
             "  the median in the others, the machine's slow phases",
             _num(_get(overhead, "slow_overhead_p50_us"), "us"),
-            "-",
-            "-",
-            "diagnostic",
-            None,
         ),
-        Row(
+        _shown(
             "  the same median with the publisher's I/O thread kept on another core (bench only)",
-            _num(_get(apart, "overhead_p50_us"), "us") if apart.get("available") else "n/a",
-            "-",
-            "-",
-            "diagnostic",
-            None,
+            _num(_get(apart, "overhead_p50_us"), "us"),
         ),
-        Row(
+        _shown(
             "  the caller's own work, warm, no I/O thread (a transport that drops events), median",
             _num(_get(overhead, "warm_overhead_p50_us"), "us"),
-            "-",
-            "-",
-            "diagnostic",
-            None,
         ),
         Row(
             "Caller-thread cost added by a broadcast send(), p99",
@@ -284,22 +263,8 @@ def _burst_rows(burst: dict[str, Any]) -> list[Row]:
             f"<= MAX_BUFFER ({limit:,.0f})" if not math.isnan(limit) else "<= MAX_BUFFER",
             None if math.isnan(limit) else peak <= limit,
         ),
-        Row(
-            f"Burst of {count:,}: RSS growth (peak - before)",
-            _num(_get(burst, "rss_growth_mb"), "MB"),
-            "-",
-            "-",
-            "reported",
-            None,
-        ),
-        Row(
-            f"Burst of {count:,}: send() + flush() throughput",
-            _rate(_get(burst, "events_per_s")),
-            "-",
-            "-",
-            "reported",
-            None,
-        ),
+        _shown(f"Burst of {count:,}: RSS growth (peak - before)", _num(_get(burst, "rss_growth_mb"), "MB"), "reported"),
+        _shown(f"Burst of {count:,}: send() + flush() throughput", _rate(_get(burst, "events_per_s")), "reported"),
     ]
 
 

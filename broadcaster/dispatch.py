@@ -27,6 +27,8 @@ __all__ = ["Action", "Outcome", "dispatch"]
 
 logger = logging.getLogger(__name__)
 
+_DETAIL_LIMIT = 1000
+
 
 class Action(enum.Enum):
     """What the consumer does with a message once dispatch is done."""
@@ -61,12 +63,26 @@ def dispatch(
     subscriptions: Mapping[str, Subscription],
     attempt: int = 1,
 ) -> Outcome:
-    """Run the local receivers of one message and say what to do with it."""
+    """Run the local receivers of one message and say what to do with it; never raises.
+
+    Receivers that raise mean a retry. Anything else that raises on the way to them (a
+    schema's own validator, an upcaster, a decoding path nobody foresaw) can only fail
+    again on the next attempt: the message is dead-lettered as ``internal-error`` with
+    the exception's type and message.
+    """
     try:
         message, subscription = _verify(properties, body, settings, subscriptions, attempt)
         fields = _validate(subscription, message)
     except RejectedMessage as exc:
         return Outcome(Action.DEAD_LETTER, reason=exc.reason, detail=exc.detail)
+    except Exception as exc:  # nothing a message carries may escape to the daemon
+        logger.warning("could not read a message: %s: %s", type(exc).__qualname__, exc, exc_info=True)
+        return Outcome(
+            Action.DEAD_LETTER,
+            reason="internal-error",
+            detail=f"{type(exc).__qualname__}: {exc}"[:_DETAIL_LIMIT],
+            exception=_qualified(type(exc)),
+        )
     return _emit(subscription, message.envelope, fields)
 
 
@@ -129,7 +145,7 @@ def _major(envelope: Envelope, subscription: Subscription) -> int:
     if version is None:
         return subscription.major  # other CloudEvents producers send none: read as ours
     head = version.split(".", 1)[0]
-    major = int(head) if head.isdigit() and len(head) < 6 else None
+    major = int(head) if head.isascii() and head.isdigit() and len(head) < 6 else None
     missing = [] if major is None else [k for k in range(major, subscription.major) if k not in subscription.upcasters]
     if major is None or major > subscription.major or missing:
         why = f"no upcaster from major version {missing[0]}" if missing else f"it reads major {subscription.major}"
@@ -169,6 +185,8 @@ def _parse(data: bytes | object) -> object:
         return json.loads(data, parse_float=Decimal)
     except (ValueError, RecursionError) as exc:
         raise RejectedMessage("not-json", f"body is not valid JSON: {exc}") from exc
+    except ArithmeticError as exc:  # decimal.InvalidOperation: an exponent past what Decimal holds
+        raise RejectedMessage("not-json", "body has a number too large to represent") from exc
 
 
 def _upcast(subscription: Subscription, major: int, data: bytes | object) -> object:

@@ -257,9 +257,11 @@ def decode(properties: pika.BasicProperties, body: bytes, *, attempt: int = 1) -
     return IncomingMessage(_envelope(attributes, attempt), data)
 
 
-def _media_type(content_type: str | None) -> str:
+def _media_type(content_type: object) -> str:
     # A missing content type is read as JSON: other CloudEvents producers omit it.
-    return (content_type or JSON).split(";", 1)[0].strip().lower()
+    if isinstance(content_type, bytes):  # pika hands over a short string that is not UTF-8 as bytes
+        raise RejectedMessage("content-type", f"content type {content_type[:40]!r} is not UTF-8")
+    return str(content_type or JSON).split(";", 1)[0].strip().lower()
 
 
 def _binary(headers: Mapping[str, Any]) -> dict[str, str]:
@@ -289,6 +291,8 @@ def _structured(body: bytes) -> tuple[dict[str, str], object]:
         document = json.loads(body, parse_float=Decimal)
     except (ValueError, RecursionError) as exc:
         raise RejectedMessage("not-json", f"structured CloudEvent is not valid JSON: {exc}") from exc
+    except ArithmeticError as exc:  # decimal.InvalidOperation: an exponent past what Decimal holds
+        raise RejectedMessage("not-json", "structured CloudEvent has a number too large to represent") from exc
     if not isinstance(document, dict):
         raise RejectedMessage("not-json", "structured CloudEvent is not a JSON object")
     data: object = document.pop("data", None)
@@ -343,6 +347,6 @@ def _parse_time(value: str | None) -> datetime:
 def _parse_hops(value: str | None) -> int:
     if value is None:
         return 0
-    if not value.isdigit() or len(value) > 6:
+    if not (value.isascii() and value.isdigit()) or len(value) > 6:
         raise RejectedMessage("bad-attribute", f"ce-hops {value[:20]!r} is not a small whole number")
     return int(value)

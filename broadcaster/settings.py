@@ -142,6 +142,13 @@ class BroadcasterSettings(BaseModel):
     instance_queue_expires: float = Field(
         300.0, alias="INSTANCE_QUEUE_EXPIRES", gt=0, description="Seconds an unused instance queue is kept."
     )
+    consumer_timeout: float = Field(
+        1800.0,
+        alias="CONSUMER_TIMEOUT",
+        gt=0,
+        description="The broker's consumer_timeout in seconds (RabbitMQ's default is 30 minutes): a daemon "
+        "logs a receiver still running after this long, since the broker then closes its channel.",
+    )
     reconnect_max_delay: float = Field(
         30.0,
         alias="RECONNECT_MAX_DELAY",

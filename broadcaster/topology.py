@@ -4,7 +4,8 @@
 | ----------------- | ---------------------------- | --------------------------------------------- |
 | exchange          | EXCHANGE                     | durable topic; routing key = event type       |
 | service queue     | QUEUE (default SERVICE_NAME) | one binding per subscribed event              |
-| retry queues      | <queue>.retry.<ms>ms         | TTL, then back to the queue                   |
+| delay queues      | <queue>.delay.<ms>ms         | TTL, then back to the queue (quorum, at least |
+|                   |                              | once, whatever QUEUE_TYPE says)               |
 | dead-letter queue | <queue>.dead-letter          | what can never succeed, with the reason       |
 | requeue exchange  | <queue>.requeue              | direct, routing key = queue name: the way     |
 |                   |                              | back for retries, dead letters and replays    |
@@ -21,6 +22,10 @@ from broadcaster.settings import BroadcasterSettings
 __all__ = ["Topology"]
 
 _QUORUM_DELIVERY_LIMIT = 50
+# A quorum queue's own dead-lettering (expired TTL, delivery limit) is at most once unless
+# asked for: the broker then keeps each message until the target queue confirmed its copy.
+# Classic queues cannot do this at all, which is why delay queues are always quorum queues.
+_AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,13 @@ class Topology:
 
     @property
     def retry_queues(self) -> list[str]:
-        """One delay queue per RETRY_DELAYS entry, in order."""
-        return [f"{self.queue}.retry.{round(delay * 1000)}ms" for delay in self.retry_delays]
+        """One delay queue per RETRY_DELAYS entry, in order.
+
+        Named ``.delay.``: the ``.retry.`` queues of earlier versions were classic queues,
+        whose TTL hop back to the service queue could drop a message; they drain by
+        themselves and can be deleted once empty.
+        """
+        return [f"{self.queue}.delay.{round(delay * 1000)}ms" for delay in self.retry_delays]
 
     def declare(self, channel: Any, events: Iterable[str]) -> None:
         """Declare everything (idempotently) on a blocking channel and bind `events`."""
@@ -95,16 +105,19 @@ class Topology:
             # A receiver that crashes the process on every delivery never reaches our
             # retry logic; the broker's delivery limit then dead-letters it.
             backstop["x-delivery-limit"] = _QUORUM_DELIVERY_LIMIT
+            backstop.update(_AT_LEAST_ONCE)
         channel.queue_declare(self.queue, durable=True, arguments=self._arguments(backstop))
         for event in sorted(set(events)):
             channel.queue_bind(self.queue, self.exchange, routing_key=event)
         for delay, name in zip(self.retry_delays, self.retry_queues, strict=True):
             back = {
+                "x-queue-type": "quorum",
                 "x-message-ttl": round(delay * 1000),
                 "x-dead-letter-exchange": self.requeue_exchange,
                 "x-dead-letter-routing-key": self.queue,
+                **_AT_LEAST_ONCE,
             }
-            channel.queue_declare(name, durable=True, arguments=self._arguments(back))
+            channel.queue_declare(name, durable=True, arguments=back)
         if own_requeue:
             for name in [self.queue, self.dead_letter_queue, *self.retry_queues]:
                 channel.queue_bind(name, self.requeue_exchange, routing_key=name)

@@ -66,7 +66,7 @@ def test_topology_is_declared(broker: Broker, daemon: Any, wired: list[Any]) -> 
     channel = broker.connection.channel()
     for name in [topology.queue, topology.dead_letter_queue, *topology.retry_queues]:
         channel.queue_declare(name, passive=True)  # raises if missing
-    assert topology.retry_queues == [f"{topology.queue}.retry.200ms", f"{topology.queue}.retry.300ms"]
+    assert topology.retry_queues == [f"{topology.queue}.delay.200ms", f"{topology.queue}.delay.300ms"]
 
 
 def test_failing_receiver_is_retried_then_dead_lettered_with_why(broker: Broker, daemon: Any, wired: list[Any]) -> None:
@@ -257,3 +257,50 @@ def test_a_failing_instance_event_is_dead_lettered_at_once(broker: Broker, setti
     [dead] = broker.drain(consumer.topology.dead_letter_queue)
     assert dead.headers["x-broadcaster-queue"] == f"{broker.exchange}.instance.pod-c"
     assert dead.headers["x-broadcaster-reason"] == "receiver-error"
+
+
+@pytest.mark.faults
+def test_receivers_slower_than_the_heartbeat_run_once_on_one_connection(
+    broker: Broker, settings: Any, daemon: Any
+) -> None:
+    """Receivers of 0.5-5 s with a 2 s heartbeat: no dropped connection, no redelivery.
+
+    The broker declares a client dead after two silent heartbeat intervals (4 s here).
+    Receivers run on their own thread while the connection's thread keeps heartbeats
+    flowing and acks each message as soon as it is done.
+    """
+    settings.BROADCASTER = {**settings.BROADCASTER, "HEARTBEAT": 2, "RETRY_DELAYS": [0.2]}
+    durations = {1: 0.5, 2: 5.0, 3: 1.0, 4: 4.5, 5: 0.5, 6: 3.0}
+    runs: list[int] = []
+    local = broadcaster.subscribe("warehouse.shipped", schema=Shipped)
+
+    def slow(order_id: int, **_: Any) -> None:
+        runs.append(order_id)
+        time.sleep(durations[order_id])
+
+    local.connect(slow, weak=False)
+    consumer = daemon()
+    first_connection = consumer._connection
+    for order_id in durations:  # all queued at once: the daemon holds them as one round
+        broker.publish(
+            "warehouse.shipped",
+            Shipped(order_id=order_id, weight=Decimal(1)).model_dump_json().encode(),
+            pika.BasicProperties(
+                content_type="application/json",
+                headers={
+                    "ce-specversion": "1.0",
+                    "ce-id": f"slow-{order_id}",
+                    "ce-source": "w",
+                    "ce-type": "warehouse.shipped",
+                },
+            ),
+        )
+    wait_for(lambda: consumer.counts["acked"] == len(durations), "every slow receiver", timeout=40)
+    time.sleep(2.5)  # a redelivery after a dropped connection would show up here
+    assert sorted(runs) == sorted(durations), "each message's receivers ran exactly once"
+    assert consumer.connections_opened == 1
+    assert consumer._connection is first_connection
+    assert consumer.counts == {"acked": len(durations)}
+    assert broker.count(consumer.topology.queue) == 0
+    opened = consumer.connections_opened
+    print(f"slow receivers: {len(durations)} messages, {len(runs)} receiver runs, {opened} connection(s)")

@@ -26,7 +26,7 @@ def test_own_queues_and_events_only(settings: Any) -> None:
     words = regexes(settings)
     configure, write, read = words["set_permissions"][-3:]
     assert words["add_user"][2:] == ["tests", "CHANGE_ME"]
-    assert re.match(configure, "tests.retry.1000ms")
+    assert re.match(configure, "tests.delay.1000ms")
     assert re.match(configure, "tests.dead-letter")
     assert not re.match(configure, "billing")
     assert not re.match(configure, "testsX")

@@ -35,15 +35,20 @@ def test_service_topology(settings: Any) -> None:
         "signals": {"exchange_type": "topic", "durable": True},
         "tests.requeue": {"exchange_type": "direct", "durable": True},
     }
-    assert sorted(channel.queues) == ["tests", "tests.dead-letter", "tests.retry.2000ms", "tests.retry.500ms"]
+    assert sorted(channel.queues) == ["tests", "tests.dead-letter", "tests.delay.2000ms", "tests.delay.500ms"]
     assert channel.queues["tests"]["x-dead-letter-routing-key"] == "tests.dead-letter"  # the broker's backstop
     assert channel.queues["tests"]["x-dead-letter-exchange"] == "tests.requeue"  # never the default exchange
     assert channel.queues["tests"]["x-delivery-limit"] > 0
-    assert channel.queues["tests.retry.500ms"] == {
+    # The broker's own dead-lettering of a quorum queue is at least once only when asked for.
+    assert channel.queues["tests"]["x-dead-letter-strategy"] == "at-least-once"
+    assert channel.queues["tests"]["x-overflow"] == "reject-publish"
+    assert channel.queues["tests.delay.500ms"] == {
         "x-queue-type": "quorum",
         "x-message-ttl": 500,
         "x-dead-letter-exchange": "tests.requeue",
         "x-dead-letter-routing-key": "tests",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
     }
     assert channel.bindings == [
         ("tests", "signals", "a.one"),
@@ -51,8 +56,8 @@ def test_service_topology(settings: Any) -> None:
         # the daemon's own way back into its queues, routing key = queue name
         ("tests", "tests.requeue", "tests"),
         ("tests.dead-letter", "tests.requeue", "tests.dead-letter"),
-        ("tests.retry.500ms", "tests.requeue", "tests.retry.500ms"),
-        ("tests.retry.2000ms", "tests.requeue", "tests.retry.2000ms"),
+        ("tests.delay.500ms", "tests.requeue", "tests.delay.500ms"),
+        ("tests.delay.2000ms", "tests.requeue", "tests.delay.2000ms"),
     ]
 
 

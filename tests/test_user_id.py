@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from types import SimpleNamespace
 from typing import Any
 
 import pika
@@ -46,14 +45,16 @@ def test_a_retried_event_still_passes_require_user_id() -> None:
     channel, consumer = _Channel(), Consumer(config, subscriptions())
     parts = {
         "topology": consumer.topology,
-        "method": SimpleNamespace(routing_key="orders.ping"),
+        "channel": channel,
+        "tag": 1,
+        "routing_key": "orders.ping",
         "properties": props,
         "body": b'{"n": 1}',
         "attempt": 1,
     }
     delivery = _Delivery(**{part.name: parts[part.name] for part in fields(_Delivery)})
     failed = Outcome(Action.RETRY, first.envelope, "receiver-error", "boom", "RuntimeError")
-    consumer._republish(channel, delivery, failed, "billing.retry.1000ms")
+    consumer._republish(channel, delivery, failed, "billing.delay.1000ms")
     [(_, body, retried)] = channel.published
 
     second = dispatch(retried, body, settings=config, subscriptions=subscriptions(), attempt=2)

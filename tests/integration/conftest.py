@@ -179,7 +179,7 @@ class Service:
 
     @property
     def queues(self) -> list[str]:
-        retry = [f"{self.queue}.retry.{round(delay * 1000)}ms" for delay in self.retry_delays]
+        retry = [f"{self.queue}.delay.{round(delay * 1000)}ms" for delay in self.retry_delays]
         return [self.queue, self.dead_letter_queue, *retry]
 
     def records(self) -> list[dict[str, Any]]:

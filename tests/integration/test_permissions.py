@@ -116,7 +116,7 @@ def test_topology_without_permissions_names_exchange_queues_and_bindings(service
     assert "publishes relay.pong" in printed
     assert f"queue {b.queue} (classic, durable)\n  bound to {rabbit.exchange} with relay.ping" in printed
     assert f"queue {b.queue}.dead-letter" in printed
-    assert f"queue {b.queue}.retry.1000ms (retry: back to {b.queue} after 1 s)" in printed
+    assert f"queue {b.queue}.delay.1000ms (retry: back to {b.queue} after 1 s)" in printed
     assert "rabbitmqctl" not in printed
 
 

@@ -22,6 +22,7 @@ picks messages by filter, and the daemon never promised a global order (see READ
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,7 +35,7 @@ from urllib.parse import urlsplit
 import pika
 import pika.exceptions
 
-from broadcaster import connection
+from broadcaster import connection, properties
 from broadcaster.envelope import STRUCTURED_JSON
 from broadcaster.exceptions import BroadcasterError, BrokerUnavailable, PublishError, QueueNotFound
 from broadcaster.settings import BroadcasterSettings
@@ -175,6 +176,7 @@ def connect(settings: BroadcasterSettings) -> Iterator[Any]:
     Raises BrokerUnavailable (never with the password) if the broker cannot be reached
     or the connection is lost; messages held at that moment go back to the queue.
     """
+    properties.install_tolerant_decoder()  # a dead letter pika cannot decode must not end the walk
     try:
         conn = pika.BlockingConnection(connection.parameters(settings, "dead-letters"))
     except _CONNECTION_ERRORS as exc:
@@ -211,7 +213,7 @@ def peek(channel: Any, queue: str, *, limit: int, match: Match = EVERYTHING, now
     try:
         for held in _walk(channel, queue, budget):
             scanned += 1
-            letter = describe(held.properties, held.body, now=now)
+            letter = _describe_safely(held, now)
             if match(letter):
                 letters.append(letter)
                 if len(letters) >= limit:
@@ -309,6 +311,29 @@ def describe(properties: pika.BasicProperties, body: bytes, *, now: datetime | N
 _Send = Callable[[pika.BasicProperties, bytes], None]
 
 
+def _describe_safely(held: _Held, now: datetime | None) -> DeadLetter:
+    """describe(), or what little can be said of a message it cannot read: a walk never stops."""
+    try:
+        letter = describe(held.properties, held.body, now=now)
+    except Exception as exc:  # whatever a hostile message makes the reading code raise
+        return DeadLetter(
+            id=None,
+            event=None,
+            routing_key=None,
+            reason="unreadable",
+            error=f"the dead-letter tool cannot read this message: {type(exc).__name__}: {exc}"[:1000],
+            exception=None,
+            attempts=None,
+            dead_lettered_at=None,
+            age=None,
+            size=len(held.body),
+        )
+    undecodable = properties.undecodable(held.properties)
+    if undecodable is not None:
+        return dataclasses.replace(letter, reason=letter.reason or "undecodable", error=f"properties: {undecodable}")
+    return letter
+
+
 @dataclass(frozen=True, slots=True)
 class _Held:
     tag: int
@@ -335,7 +360,7 @@ def _sweep(
     try:
         for held in _walk(channel, queue, budget):
             scanned += 1
-            letter = describe(held.properties, held.body)
+            letter = _describe_safely(held, None)
             if match(letter):
                 stopped = (
                     f"{what} stopped after {done} dead letter(s), at {letter.id}; it and the rest stay in {queue!r}"
@@ -392,7 +417,7 @@ def _structured(properties: pika.BasicProperties, body: bytes) -> Mapping[str, A
         return {}
     try:
         event = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return event if isinstance(event, dict) else {}
 

@@ -29,7 +29,10 @@ def run_once(envelope: Envelope, receivers: Callable[[], None], using: str = DEF
         try:
             with transaction.atomic(using=using):
                 InboxEntry.objects.using(using).create(
-                    event_id=envelope.id, event_type=envelope.type, source=envelope.source
+                    key=InboxEntry.key_for(envelope.source, envelope.id),
+                    event_id=envelope.id,
+                    event_type=envelope.type,
+                    source=envelope.source,
                 )
         except IntegrityError:
             logger.info("skipped %s %s: already handled (inbox)", envelope.type, envelope.id)

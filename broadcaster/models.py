@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from django.db import models
 
 
@@ -37,15 +39,27 @@ class OutboxEvent(models.Model):
 
 
 class InboxEntry(models.Model):
-    """An event id whose receivers' work committed; a redelivery of it is skipped."""
+    """An event whose receivers' work committed; a redelivery of it is skipped.
 
-    event_id = models.CharField(max_length=64, unique=True)
+    CloudEvents ids are unique per source and may be any non-empty string, so the row is
+    keyed on a digest of both (`key_for()`): an id of any length fits, and an event
+    injected under another source cannot pre-empt a genuine one.
+    """
+
+    key = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the source and the id.")
+    event_id = models.TextField()
     event_type = models.CharField(max_length=255)
-    source = models.CharField(max_length=255)
+    source = models.TextField()
     handled_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         verbose_name_plural = "inbox entries"
 
     def __str__(self) -> str:
-        return f"{self.event_type} {self.event_id}"
+        return f"{self.event_type} {self.event_id[:100]}"
+
+    @staticmethod
+    def key_for(source: str, event_id: str) -> str:
+        """The unique key of an event: a digest of its source and id, unambiguous by length prefix."""
+        text = f"{len(source)}:{source}{event_id}".encode("utf-8", "surrogatepass")
+        return hashlib.sha256(text).hexdigest()

@@ -85,7 +85,7 @@ def test_outbox_rows_cannot_be_added_edited_or_deleted(admin_client: Client, row
 
 
 def test_inbox_list_shows_entries_and_what_deleting_means(admin_client: Client) -> None:
-    entry = InboxEntry.objects.create(event_id="evt-1", event_type="orders.order_placed", source="orders")
+    entry = InboxEntry.objects.create(key="evt-1", event_id="evt-1", event_type="orders.order_placed", source="orders")
 
     page = admin_client.get(INBOX)
 
@@ -101,7 +101,9 @@ def test_inbox_list_shows_entries_and_what_deleting_means(admin_client: Client) 
 
 
 def test_deleting_inbox_entries_warns_then_deletes(admin_client: Client) -> None:
-    old = InboxEntry.objects.create(event_id="evt-old", event_type="orders.order_placed", source="orders")
+    old = InboxEntry.objects.create(
+        key="evt-old", event_id="evt-old", event_type="orders.order_placed", source="orders"
+    )
     selection = {"action": "forget_entries", "_selected_action": [old.pk]}
 
     confirm = admin_client.post(INBOX, selection)
@@ -111,5 +113,7 @@ def test_deleting_inbox_entries_warns_then_deletes(admin_client: Client) -> None
     assert InboxEntry.objects.filter(pk=old.pk).exists()
     admin_client.post(INBOX, {**selection, "post": "yes"})
     assert not InboxEntry.objects.filter(pk=old.pk).exists()
-    other = InboxEntry.objects.create(event_id="evt-other", event_type="orders.order_placed", source="orders")
+    other = InboxEntry.objects.create(
+        key="evt-other", event_id="evt-other", event_type="orders.order_placed", source="orders"
+    )
     assert REDELIVERY_NOTE in admin_client.get(f"{INBOX}{other.pk}/delete/").content.decode()

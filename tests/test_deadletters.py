@@ -25,6 +25,7 @@ import broadcaster
 from broadcaster import deadletters
 from broadcaster.settings import get_settings
 from broadcaster.topology import Topology
+from tests import amqp_raw
 from tests.conftest import Broker, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -350,3 +351,44 @@ def test_quorum_dead_letter_queue(broker: Broker, settings: Any) -> None:
     assert run("purge", "--yes", "--limit", "1").startswith("purged 1 of 1 dead letter ")
     assert broker.count(topology.dead_letter_queue) == 1
     assert broker.count(topology.queue) == 1
+
+
+def test_unreadable_dead_letters_are_shown_as_such_and_the_rest_can_be_replayed_and_purged(
+    broker: Broker, topology: Topology, dead_letter: Any
+) -> None:
+    """A deeply nested message and one pika cannot decode sit among ordinary dead letters."""
+    keep, replayed, purged = dead_letter(), dead_letter(), dead_letter()
+    nested = b"[" * 100_000 + b"]" * 100_000
+    broker.publish(
+        topology.dead_letter_queue,
+        nested,
+        pika.BasicProperties(content_type="application/cloudevents+json", headers={"x-broadcaster-reason": "not-json"}),
+        exchange="",
+    )
+    past_9999 = amqp_raw.properties(amqp_raw.table([(b"x-when", b"T" + (2**63).to_bytes(8, "big"))]))
+    channel = broker.connection.channel()
+    channel.confirm_delivery()
+    channel.basic_publish("", topology.dead_letter_queue, b"{}", amqp_raw.RawProperties(past_9999))
+
+    listing = json.loads(run("list", "--json"))
+    assert listing["total"] == 5
+    reasons = [letter["reason"] for letter in listing["dead_letters"]]
+    assert reasons.count("not-json") == 1
+    assert reasons.count("undecodable") == 1
+    [undecodable] = [letter for letter in listing["dead_letters"] if letter["reason"] == "undecodable"]
+    assert "OverflowError" in undecodable["error"] or "range" in undecodable["error"]
+
+    assert "replayed 1 of 5" in run("replay", "--id", replayed)
+    assert "purged 1 of 4" in run("purge", "--id", purged, "--yes")
+    left = queue_ids_tolerant(broker, topology.dead_letter_queue)
+    assert keep in left
+    assert replayed not in left
+    assert purged not in left
+    assert broker.count(topology.dead_letter_queue) == 3  # the two unreadable ones are still there
+    assert "purged 3 of 3" in run("purge", "--yes")  # and an operator can clear them
+
+
+def queue_ids_tolerant(broker: Broker, queue: str) -> list[str | None]:
+    """The envelope ids in `queue`, None for a message without one, left in place."""
+    letters = deadletters.peek(broker.connection.channel(), queue, limit=100).letters
+    return [letter.id for letter in letters]

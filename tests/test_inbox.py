@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import DatabaseError
 from django.utils import timezone
 from pydantic import BaseModel
 
@@ -74,3 +75,47 @@ def test_old_rows_are_pruned(settings: Any, envelope: Envelope) -> None:
     deliver(Envelope.new(source="cms", type="cms.published"))
     assert inbox.prune(get_settings().inbox_retention) == 1
     assert InboxEntry.objects.count() == 1
+
+
+@pytest.mark.parametrize("length", [65, 255, 100_000])
+def test_an_id_of_any_length_is_recorded_once(length: int) -> None:
+    local = broadcaster.subscribe("cms.published", schema=Published, inbox=True)
+    local.connect(lambda title, **_: Article.objects.create(title=title), weak=False)
+    long = Envelope(id="i" * length, source="cms", type="cms.published", time=timezone.now(), schema_version="1.0")
+    assert deliver(long) is Action.ACK  # not a database error retried as if the receiver failed
+    assert deliver(long, attempt=2) is Action.ACK
+    assert Article.objects.count() == 1
+    assert InboxEntry.objects.get().event_id == "i" * length
+
+
+def test_the_same_id_from_another_source_is_another_event() -> None:
+    local = broadcaster.subscribe("cms.published", schema=Published, inbox=True)
+    local.connect(lambda title, **_: Article.objects.create(title=title), weak=False)
+    now = timezone.now()
+    deliver(Envelope(id="same", source="cms", type="cms.published", time=now, schema_version="1.0"))
+    deliver(Envelope(id="same", source="intruder", type="cms.published", time=now, schema_version="1.0"))
+    assert Article.objects.count() == 2  # an injected event cannot pre-empt the genuine one
+
+
+def test_a_database_error_at_prune_time_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    from broadcaster.consumer import _Housekeeping
+
+    broadcaster.subscribe("cms.published", schema=Published, inbox=True)
+    housekeeping = _Housekeeping(get_settings(), subscriptions())
+    original = inbox.prune
+
+    def broken(retention: float, using: str = "default") -> int:
+        raise DatabaseError("server closed the connection unexpectedly")
+
+    inbox.prune = broken  # type: ignore[assignment]
+    try:
+        housekeeping.before_delivery()  # must not raise
+    finally:
+        inbox.prune = original  # type: ignore[assignment]
+    assert "inbox prune failed" in caplog.text
+    assert "server closed the connection unexpectedly" in caplog.text
+    InboxEntry.objects.create(key="k", event_id="old", event_type="cms.published", source="cms")
+    InboxEntry.objects.update(handled_at=timezone.now() - timedelta(days=30))
+    housekeeping._next_prune = 0.0  # the retry comes round (after a minute in a real daemon)
+    housekeeping.before_delivery()
+    assert not InboxEntry.objects.exists()

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from tests import amqp_raw
 from tests.integration.conftest import Broker, Service, wait_for
 
 pytestmark = pytest.mark.faults
@@ -208,3 +209,87 @@ def test_the_decimal_and_datetime_header_types_survive_dead_lettering(consumer: 
     assert letter.headers["x-decimal"] == Decimal("1.25")
     assert letter.headers["x-list"] == [1, b"a", None] or letter.headers["x-list"] == [1, "a", None]
     assert daemon.alive
+
+
+def _raw_classes() -> dict[str, list[tuple[str, bytes, bytes]]]:
+    """Hostile classes pika's own encoder would refuse to send: (routing key, property bytes, body)."""
+
+    def props(event: str, *extra: tuple[bytes, bytes], content_type: bytes = b"application/json") -> bytes:
+        entries = [(name, value) for name, value in amqp_raw.ce_headers(event) if name != b"ce-id"]
+        entries.append((b"ce-id", b"S" + amqp_raw.longstr(uuid.uuid4().hex.encode())))
+        return amqp_raw.properties(amqp_raw.table([*entries, *extra]), content_type=content_type)
+
+    def text(value: str) -> bytes:
+        return b"S" + amqp_raw.longstr(value.encode())
+
+    def timestamp(seconds: int) -> bytes:
+        return b"T" + seconds.to_bytes(8, "big")
+
+    filler = b"S" + amqp_raw.longstr(b"f" * (131072 - 700))
+    return {
+        "timestamp past year 9999": [
+            ("relay.ping", props("relay.ping", (b"x-when", timestamp(seconds))), b'{"n": 1}')
+            for seconds in (253402300800, 2**40, 2**62, 2**63, 2**64 - 1)
+        ],
+        "tables nested 1500-5000 deep": [
+            ("relay.ping", props("relay.ping", (b"x-deep", b"F" + amqp_raw._deep(depth))), b'{"n": 1}')
+            for depth in (1500, 2000, 3000, 4000, 5000)
+        ],
+        "headers filling the frame": [
+            ("relay.ping", props("relay.ping", (b"x-filler", filler)), body)
+            for body in (b'{"n": "x"}', b"not json", b"[]", b'{"n": 1.5}', b"{}")
+        ],
+        "attempt header at the 2^63 edge, receiver raising": [
+            (
+                "relay.boom",
+                props("relay.boom", (b"x-broadcaster-attempt", b"l" + value.to_bytes(8, "big", signed=True))),
+                b'{"n": 1}',
+            )
+            for value in (2**63 - 1, 2**63 - 2, -(2**63), 0, 5)
+        ],
+        "huge exponents in a Decimal field": [
+            ("relay.priced", props("relay.priced"), b'{"sku": "a", "amount": ' + number + b"}")
+            for number in (
+                b"1e99999999999999999999",
+                b"-1E+999999999999",
+                b"1e-99999999999999999999",
+                b"9" * 4000,
+                b"NaN",
+            )
+        ],
+        "Unicode digits in ce-hops and ce-schemaversion": [
+            ("relay.ping", props("relay.ping", (name, text(digit))), b'{"n": 1}')
+            for name in (b"ce-hops", b"ce-schemaversion")
+            for digit in ("\u00b2", "\u0663", "1\u00b9")
+        ],
+        "content type that is not UTF-8": [
+            ("relay.ping", props("relay.ping", content_type=value), b'{"n": 1}')
+            for value in (b"application/\xff", b"\xc3\x28", b"\xed\xa0\x80json")
+        ],
+    }
+
+
+def test_hostile_classes_over_the_wire_are_each_accounted_for(consumer: Service, rabbit: Broker) -> None:
+    """Messages the old daemon died on, or looped on forever, sent as raw frames; then a good event."""
+    daemon = consumer.daemon()
+    classes = _raw_classes()
+    for messages in classes.values():
+        for routing_key, raw, payload in messages:
+            rabbit.channel.basic_publish(
+                rabbit.exchange, routing_key, payload, amqp_raw.RawProperties(raw), mandatory=True
+            )
+    published = sum(len(messages) for messages in classes.values())
+    wait_for(lambda: sum(_handled(consumer, rabbit)) >= published, ACCOUNTED_WITHIN, f"{published} raw messages")
+    acked, dead = _handled(consumer, rabbit)
+    assert daemon.alive, daemon.log()
+    assert acked + dead == published
+    letters = rabbit.take_all(consumer.dead_letter_queue)
+    assert all(letter.headers.get("x-broadcaster-reason") for letter in letters)
+    reasons = sorted({letter.headers["x-broadcaster-reason"] for letter in letters})
+    assert "undecodable" in reasons
+    rabbit.publish_event("relay.ping", {"n": 42})  # and the daemon goes on
+    wait_for(lambda: any(record["payload"].get("n") == 42 for record in consumer.records()), 15, "the good event")
+    assert rabbit.count(consumer.queue) == 0
+    assert "connection lost" not in daemon.log()  # nothing made the connection drop
+    counts = ", ".join(f"{name}: {len(messages)}" for name, messages in classes.items())
+    print(f"raw hostile classes ({published} messages; {counts}): {acked} handled, {dead} dead-lettered {reasons}")

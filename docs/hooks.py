@@ -62,6 +62,10 @@ REASONS = {
     "upcast-failed": "An upcaster raised on the payload.",
     "schema-violation": "The payload does not validate against the subscription's schema.",
     "receiver-error": "A receiver raised on every attempt (`RETRY_DELAYS` plus one); the last exception is kept.",
+    "undecodable": "pika cannot decode the message's properties (a timestamp past year 9999, tables nested "
+    "past the recursion limit); the body is kept, the headers are lost.",
+    "internal-error": "An exception nobody foresaw on the way to the receivers (a schema's own validator raising "
+    "something other than `ValueError`, an upcaster bug); its type and message are kept.",
 }
 
 _CHECK_MEANINGS = {

@@ -1,12 +1,14 @@
 """The consumer daemon: one service queue in, local signals out.
 
-Two threads. The connection's thread only talks to the broker: it reads deliveries,
-sends acks and copies, and keeps heartbeats flowing however long receivers take. The
-receivers' thread decodes, verifies and dispatches one delivery at a time, in delivery
-order, and hands the outcome back; the connection's thread then settles it at once
-(`broadcaster.settlement` decides how). This is pika's documented way of running slow
-work beside a BlockingConnection: work off its thread, results marshalled back with
-``add_callback_threadsafe``.
+The connection's thread only talks to the broker: it reads deliveries, sends acks and
+copies, and keeps heartbeats flowing however long receivers take. CONCURRENCY worker
+threads decode, verify and dispatch deliveries and hand the outcomes back; the
+connection's thread then settles each at once (`broadcaster.settlement` decides how,
+`broadcaster.scheduler` says what may run and what to ack). This is pika's documented
+way of running slow work beside a BlockingConnection: work off its thread, results
+marshalled back with ``add_callback_threadsafe``. Events of an ordered subscription
+arrive on partition queues, and those with the same partition key run one at a time,
+in order; a failing one is retried in place.
 
 A message is acknowledged only after its receivers ran and the events they caused were
 confirmed by the broker. A receiver that raises sends the message to the next delay
@@ -38,9 +40,10 @@ from broadcaster.connection import describe
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
 from broadcaster.registry import Subscription
+from broadcaster.scheduler import AckWindow, Lanes
 from broadcaster.settings import BroadcasterSettings
 from broadcaster.settlement import Settlement, Verdict, settle
-from broadcaster.topology import Topology
+from broadcaster.topology import Partitions, Topology
 
 __all__ = ["Consumer"]
 
@@ -86,17 +89,26 @@ class Consumer:
         *,
         prefetch: int | None = None,
         max_messages: int | None = None,
+        concurrency: int | None = None,
     ) -> None:
         self.settings = settings
         self.subscriptions = dict(subscriptions)
         self.topology = Topology.for_settings(settings)
-        instance_events = [e for e, sub in self.subscriptions.items() if sub.fanout == "instance"]
+        subs = self.subscriptions.items()
+        instance_events = [e for e, sub in subs if sub.fanout == "instance"]
+        self._ordered_events = [e for e, sub in subs if sub.ordered]
         self.instance_topology = Topology.for_instance(settings) if instance_events else None
+        self.partitions = Partitions.for_settings(settings) if self._ordered_events else None
         self._bindings = [
-            (self.topology, [e for e, sub in self.subscriptions.items() if sub.fanout == "service"]),
+            (self.topology, [e for e, sub in subs if sub.fanout == "service" and not sub.ordered]),
             *([(self.instance_topology, instance_events)] if self.instance_topology else []),
         ]
-        self.prefetch = prefetch or settings.prefetch
+        self._queues = [topology for topology, _ in self._bindings] + (
+            self.partitions.queues if self.partitions else []
+        )
+        self.concurrency = concurrency or settings.concurrency
+        # Enough messages in hand to keep every worker busy while the last ones are acked.
+        self.prefetch = prefetch or max(settings.prefetch, 2 * self.concurrency)
         self.max_messages = max_messages
         self.counts: Counter[str] = Counter()
         self.connections_opened = 0
@@ -108,7 +120,8 @@ class Consumer:
         self._submitted = 0
         self._finished: deque[_Finished] = deque()
         self._wake_pending = False
-        self._receivers = _Receivers(self._handle, self._on_finished)
+        self._acks = AckWindow()
+        self._receivers = _Receivers(self._handle, self._on_finished, self.concurrency)
         self._housekeeping = _Housekeeping(settings, self.subscriptions)
 
     @property
@@ -140,12 +153,14 @@ class Consumer:
 
     def _log_start(self) -> None:
         logger.info(
-            "consume_signals: started service=%s queue=%s events=%s broker=%s prefetch=%d pid=%d",
+            "consume_signals: started service=%s queue=%s events=%s broker=%s prefetch=%d concurrency=%d pid=%d",
             self.settings.service_name,
-            ",".join(topology.queue for topology, _ in self._bindings),
+            ",".join(topology.queue for topology, _ in self._bindings)
+            + (f" (+{self.partitions.count} partitions)" if self.partitions else ""),
             ",".join(sorted(self.subscriptions)) or "-",
             self.settings.redacted_broker_url,
             self.prefetch,
+            self.concurrency,
             os.getpid(),
         )
 
@@ -200,16 +215,26 @@ class Consumer:
             channel = conn.channel()
             channel.confirm_delivery()
             channel.basic_qos(prefetch_count=self.prefetch)
-            self._consumer_tags = []
-            for topology, events in self._bindings:
-                topology.declare(channel, events)
-                callback = functools.partial(self._on_message, topology)
-                self._consumer_tags.append(channel.basic_consume(topology.queue, callback))
+            self._declare(channel)
+            self._consumer_tags = [
+                channel.basic_consume(topology.queue, functools.partial(self._on_message, topology))
+                for topology in self._queues
+            ]
         except Exception:
             connection.close_quietly(conn)
             raise
         self._connection, self._channel = conn, channel
+        self._acks = AckWindow()
         self.connections_opened += 1
+
+    def _declare(self, channel: Any) -> None:
+        for topology, events in self._bindings:
+            topology.declare(channel, events)
+        if self.partitions is not None:
+            self.partitions.declare(channel, self._ordered_events)
+            for event in self._ordered_events:
+                # An event that became ordered must stop reaching the service queue too.
+                channel.queue_unbind(self.topology.queue, self.topology.exchange, routing_key=event)
 
     # -- the connection's thread ---------------------------------------------------
 
@@ -219,41 +244,49 @@ class Consumer:
         if self._stop.is_set() or (self.max_messages is not None and self._submitted >= self.max_messages):
             return  # left unacked: the broker redelivers it when the channel closes
         self._submitted += 1
-        delivery = _Delivery(topology, channel, method.delivery_tag, method.routing_key, props, body, _attempt(props))
+        lane = _lane(props) if topology.in_place_retries else None
+        delivery = _Delivery(
+            topology, channel, method.delivery_tag, method.routing_key, props, body, _attempt(props), lane
+        )
+        self._acks.delivered(method.delivery_tag)
         self._receivers.submit(delivery)
 
     def _settle_finished(self) -> None:
-        """Carry out the verdicts on every delivery whose receivers finished; ack them together."""
+        """Carry out the verdicts on every delivery whose receivers finished, and ack them."""
         self._wake_pending = False
-        ack_up_to = None
+        settled: list[int] = []
+        requeued: set[int] = set()
         while self._finished:
             finished = self._finished.popleft()
             delivery = finished.delivery
-            if delivery.channel is not self._channel or not delivery.channel.is_open:
-                continue  # its channel is gone: the broker redelivers it
+            if finished.abandoned or delivery.channel is not self._channel or not delivery.channel.is_open:
+                continue  # left unacked, or its channel is gone: the broker delivers it again
             outcome = finished.outcome
-            settlement = settle(outcome, delivery.attempt, delivery.topology, caused_confirmed=finished.confirmed)
-            self._carry_out(delivery, outcome, settlement)
-            if settlement.verdict is not Verdict.REQUEUED:
-                ack_up_to = delivery.tag
+            settlement = settle(outcome, finished.attempt, delivery.topology, caused_confirmed=finished.confirmed)
+            self._carry_out(delivery, finished, settlement)
+            settled.append(delivery.tag)
+            if settlement.verdict is Verdict.REQUEUED:
+                requeued.add(delivery.tag)
             verdict = settlement.verdict.value
             self.counts[verdict] += 1
-            observability.handled(
-                outcome.envelope, self._event_label(outcome), verdict, outcome.reason, finished.seconds
-            )
-        if ack_up_to is not None:
-            # Acked in order, so one frame covers every message settled in this round.
-            self._channel.basic_ack(ack_up_to, multiple=True)
+            label = self._event_label(outcome)
+            observability.handled(outcome.envelope, label, verdict, outcome.reason, finished.seconds)
+        if settled:
+            acks = self._acks.settle(settled, already=frozenset(requeued))
+            if acks.up_to is not None:  # usually one frame for every message of the round
+                self._channel.basic_ack(acks.up_to, multiple=True)
+            for tag in acks.single:  # finished ahead of a slower one: its prefetch slot frees now
+                self._channel.basic_ack(tag)
         if self.max_messages is not None and self.handled >= self.max_messages:
             self.stop()
 
-    def _carry_out(self, delivery: _Delivery, outcome: Outcome, settlement: Settlement) -> None:
+    def _carry_out(self, delivery: _Delivery, finished: _Finished, settlement: Settlement) -> None:
         if settlement.verdict is Verdict.REQUEUED:
             delivery.channel.basic_nack(delivery.tag, requeue=True)
         elif settlement.queue is not None:
-            self._republish(delivery.channel, delivery, outcome, settlement.queue)
+            self._republish(delivery.channel, delivery, finished, settlement.queue)
             if settlement.verdict is Verdict.DEAD_LETTERED:
-                _log_dead_letter(outcome, delivery)
+                _log_dead_letter(finished.outcome, delivery, finished.attempt)
 
     def _event_label(self, outcome: Outcome) -> str:
         # Only subscribed types become labels: hostile input must not mint new series.
@@ -265,16 +298,16 @@ class Consumer:
         conn = self._connection
         return conn is not None and conn.is_open and not self._stop.is_set()
 
-    def _republish(self, channel: Any, delivery: _Delivery, outcome: Outcome, queue: str) -> None:
-        source = delivery.properties
+    def _republish(self, channel: Any, delivery: _Delivery, finished: _Finished, queue: str) -> None:
+        source, outcome, attempt = delivery.properties, finished.outcome, finished.attempt
         headers = dict(source.headers or {})
         now = datetime.now(UTC).isoformat()
         headers.setdefault(_HEADER + "routing-key", delivery.routing_key)
         headers.setdefault(_HEADER + "first-failure", now)
         headers.update(
             {
-                ATTEMPT_HEADER: delivery.attempt + 1,
-                _HEADER + "attempts": delivery.attempt,
+                ATTEMPT_HEADER: attempt + 1,
+                _HEADER + "attempts": attempt,
                 _HEADER + "last-failure": now,
                 _HEADER + "reason": outcome.reason,
                 _HEADER + "error": outcome.detail[:_ERROR_TEXT_LIMIT],
@@ -315,20 +348,35 @@ class Consumer:
     # -- the receivers' thread -----------------------------------------------------
 
     def _handle(self, delivery: _Delivery) -> _Finished:
-        """Run the receivers of one delivery; never raises."""
+        """Run the receivers of one delivery (retrying in place on a partition); never raises."""
         started = time.perf_counter()
         self._housekeeping.before_delivery()
-        confirmed = True
+        confirmed, attempt = True, delivery.attempt
         try:
-            outcome = self._dispatch(delivery)
+            outcome = self._dispatch(delivery, attempt)
+            while self._retry_in_place(delivery, outcome, attempt):
+                delay = self.settings.retry_delays[attempt - 1]
+                logger.warning("consume_signals: retrying %s in place in %g s", _name(outcome, delivery), delay)
+                if self._stop.wait(delay):  # stopping: left unacked, it comes back in order
+                    return _Finished(delivery, outcome, False, time.perf_counter() - started, attempt, True)
+                attempt += 1
+                outcome = self._dispatch(delivery, attempt)
             if outcome.action is Action.ACK:
                 confirmed = self._flush_caused_events(outcome)
         except Exception as exc:  # nothing a message carries may stop the daemon
             logger.exception("consume_signals: unexpected error handling delivery %s", delivery.tag)
             outcome = internal_error(exc)
-        return _Finished(delivery, outcome, confirmed, time.perf_counter() - started)
+        return _Finished(delivery, outcome, confirmed, time.perf_counter() - started, attempt)
 
-    def _dispatch(self, delivery: _Delivery) -> Outcome:
+    def _retry_in_place(self, delivery: _Delivery, outcome: Outcome, attempt: int) -> bool:
+        return (
+            outcome.action is Action.RETRY
+            and delivery.topology.in_place_retries
+            and attempt < self.settings.max_attempts
+            and not self._stop.is_set()
+        )
+
+    def _dispatch(self, delivery: _Delivery, attempt: int) -> Outcome:
         reason = properties.undecodable(delivery.properties)
         if reason is not None:
             return Outcome(
@@ -341,7 +389,7 @@ class Consumer:
             delivery.body,
             settings=self.settings,
             subscriptions=self.subscriptions,
-            attempt=delivery.attempt,
+            attempt=attempt,
         )
 
     def _flush_caused_events(self, outcome: Outcome) -> bool:
@@ -392,6 +440,7 @@ class _Delivery:
     properties: pika.BasicProperties
     body: bytes
     attempt: int
+    lane: str | None = None  # the partition key of an ordered event: one at a time per key
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,71 +449,82 @@ class _Finished:
     outcome: Outcome
     confirmed: bool  # the events the receivers fired are confirmed by the broker
     seconds: float
+    attempt: int = 1  # the last attempt (an ordered event is retried in place)
+    abandoned: bool = False  # stopped while waiting to retry: left unacked
 
 
 class _Receivers:
-    """The thread that runs receivers, one delivery at a time, in the order they arrived."""
+    """The worker threads that run receivers: at most one delivery per partition key at a time."""
 
-    def __init__(self, handle: Any, on_finished: Any) -> None:
+    def __init__(self, handle: Any, on_finished: Any, concurrency: int = 1) -> None:
         self._handle = handle
         self._on_finished = on_finished
-        self._jobs: deque[_Delivery] = deque()
+        self._lanes: Lanes[_Delivery] = Lanes()
         self._cond = threading.Condition()
         self._stopping = False
-        self._current: tuple[_Delivery, float] | None = None
-        self._reported: _Delivery | None = None
-        self._thread = threading.Thread(target=self._run, name="broadcaster-receivers", daemon=True)
+        self._running: dict[int, tuple[_Delivery, float]] = {}
+        self._reported: set[int] = set()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"broadcaster-receivers-{index}", daemon=True)
+            for index in range(concurrency)
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, delivery: _Delivery) -> None:
         with self._cond:
-            self._jobs.append(delivery)
+            self._lanes.add(delivery, delivery.lane)
             self._cond.notify()
 
     @property
     def busy(self) -> bool:
         """A delivery is being handled or waits to be."""
         with self._cond:
-            return self._current is not None or bool(self._jobs)
+            return bool(self._running) or bool(len(self._lanes))
 
     def discard_queued(self) -> None:
         """Forget the deliveries not started (their channel is going; they come back)."""
         with self._cond:
-            self._jobs.clear()
+            self._lanes.clear()
 
     def wait_idle(self, stop: threading.Event) -> None:
         """Wait until no delivery is being handled, or `stop` is set."""
         with self._cond:
-            while self._current is not None and not stop.is_set():
+            while self._running and not stop.is_set():
                 self._cond.wait(0.1)
 
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
-            self._jobs.clear()
+            self._lanes.clear()
             self._cond.notify_all()
 
     def report_long_running(self, limit: float) -> None:
-        """Log once a delivery whose receivers have run for `limit` seconds (CONSUMER_TIMEOUT)."""
-        current = self._current
-        if current is None or current[0] is self._reported or time.monotonic() - current[1] < limit:
-            return
-        self._reported = current[0]
-        logger.warning(
-            "consume_signals: the receivers of %s have run for more than %g s (CONSUMER_TIMEOUT): "
-            "the broker's consumer_timeout will close the channel and redeliver it",
-            current[0].properties.message_id or f"delivery {current[0].tag}",
-            limit,
-        )
+        """Log once each delivery whose receivers have run for `limit` seconds (CONSUMER_TIMEOUT)."""
+        now = time.monotonic()
+        with self._cond:
+            late = [
+                d for key, (d, since) in self._running.items() if now - since >= limit and key not in self._reported
+            ]
+            self._reported.update(id(delivery) for delivery in late)
+        for delivery in late:
+            logger.warning(
+                "consume_signals: the receivers of %s have run for more than %g s (CONSUMER_TIMEOUT): "
+                "the broker's consumer_timeout will close the channel and redeliver it",
+                delivery.properties.message_id or f"delivery {delivery.tag}",
+                limit,
+            )
 
     def _run(self) -> None:
         try:
             while (delivery := self._next()) is not None:
                 finished = self._handle(delivery)
                 with self._cond:
-                    self._current = None
+                    self._running.pop(id(delivery), None)
+                    self._reported.discard(id(delivery))
+                    self._lanes.done(delivery.lane)
                     self._cond.notify_all()
                 self._on_finished(finished)
         finally:
@@ -472,12 +532,11 @@ class _Receivers:
 
     def _next(self) -> _Delivery | None:
         with self._cond:
-            while not self._jobs and not self._stopping:
+            while not self._stopping and (delivery := self._lanes.take()) is None:
                 self._cond.wait()
-            if self._stopping:
+            if self._stopping or delivery is None:
                 return None
-            delivery = self._jobs.popleft()
-            self._current = (delivery, time.monotonic())
+            self._running[id(delivery)] = (delivery, time.monotonic())
             return delivery
 
 
@@ -487,18 +546,22 @@ class _Housekeeping:
     def __init__(self, settings: BroadcasterSettings, subscriptions: Mapping[str, Subscription]) -> None:
         self._settings = settings
         self._inbox = any(sub.inbox for sub in subscriptions.values())
-        self._connections_checked = 0.0
+        self._checked = threading.local()
+        self._prune_lock = threading.Lock()
         self._next_prune = 0.0
 
     def before_delivery(self) -> None:
         now = time.monotonic()
-        # As Django does around each request (at most once a second here): a daemon lives
-        # for days, its DB connections must not.
-        if now - self._connections_checked >= 1.0:
+        # As Django does around each request (at most once a second per thread here): a
+        # daemon lives for days, its DB connections must not.
+        if now - getattr(self._checked, "at", 0.0) >= 1.0:
             close_old_connections()
-            self._connections_checked = now
-        if self._inbox and now >= self._next_prune:
-            self._prune_inbox(now)
+            self._checked.at = now
+        if self._inbox and now >= self._next_prune and self._prune_lock.acquire(blocking=False):
+            try:
+                self._prune_inbox(now)
+            finally:
+                self._prune_lock.release()
 
     def _prune_inbox(self, now: float) -> None:
         from broadcaster import inbox  # noqa: PLC0415 - models load only once apps are ready
@@ -520,13 +583,19 @@ def _attempt(properties: pika.BasicProperties) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1000 else 1
 
 
-def _log_dead_letter(outcome: Outcome, delivery: _Delivery) -> None:
+def _lane(props: pika.BasicProperties) -> str | None:
+    key = (props.headers or {}).get("ce-partitionkey")
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "backslashreplace")
+    return key if isinstance(key, str) and key else None
+
+
+def _name(outcome: Outcome, delivery: _Delivery) -> str:
     envelope, props = outcome.envelope, delivery.properties
-    logger.error(
-        "dead-lettered %s %s after %d attempt(s): %s: %s",
-        envelope.type if envelope else props.type or "(unknown event)",
-        envelope.id if envelope else props.message_id or "(no id)",
-        delivery.attempt,
-        outcome.reason,
-        outcome.detail[:200],
-    )
+    event = envelope.type if envelope else props.type or "(unknown event)"
+    return f"{event} {envelope.id if envelope else props.message_id or '(no id)'}"
+
+
+def _log_dead_letter(outcome: Outcome, delivery: _Delivery, attempt: int) -> None:
+    name, detail = _name(outcome, delivery), outcome.detail[:200]
+    logger.error("dead-lettered %s after %d attempt(s): %s: %s", name, attempt, outcome.reason, detail)

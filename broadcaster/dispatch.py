@@ -53,6 +53,8 @@ class Outcome:
     detail: str = ""
     exception: str = ""
     error: BaseException | None = field(default=None, compare=False, repr=False)
+    skipped: bool = False
+    """Acknowledged without running the receivers: the stale-event guard had a newer version."""
 
 
 def dispatch(
@@ -210,13 +212,26 @@ def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]
         with handling(subscription.signal, envelope), observability.receiving(envelope):
             subscription.signal.send(sender=subscription.sender, envelope=envelope, **fields)
 
+    applied = True
+
+    def guarded() -> None:
+        nonlocal applied
+        if subscription.version_field is None:
+            receivers()
+            return
+        from broadcaster import versions  # noqa: PLC0415 - models load only once apps are ready
+
+        applied = versions.run_if_newer(envelope, fields[subscription.version_field], receivers)
+
     try:
         if subscription.inbox:
             from broadcaster import inbox  # noqa: PLC0415 - models load only once apps are ready
 
-            inbox.run_once(envelope, receivers)
+            inbox.run_once(envelope, guarded)
         else:
-            receivers()
+            guarded()
+    except RejectedMessage as exc:  # a version the guard cannot compare
+        return Outcome(Action.DEAD_LETTER, envelope, exc.reason, exc.detail)
     except HopLimitExceeded as exc:
         # Retrying a cycle only repeats it.
         return Outcome(Action.DEAD_LETTER, envelope, "hop-limit", str(exc), _qualified(type(exc)))
@@ -231,7 +246,7 @@ def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]
             exc_info=True,
         )
         return Outcome(Action.RETRY, envelope, "receiver-error", str(exc), _qualified(type(exc)), exc)
-    return Outcome(Action.ACK, envelope)
+    return Outcome(Action.ACK, envelope, skipped=not applied)
 
 
 def _qualified(cls: type) -> str:

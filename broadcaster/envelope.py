@@ -49,6 +49,9 @@ class Envelope:
     causation_id: str | None = None
     hops: int = 0
     traceparent: str | None = None
+    partition_key: str | None = None
+    """The entity the event is about (``ce-partitionkey``): ordered subscriptions handle
+    the events of one key one at a time, in the order they were published."""
     attempt: int = field(default=1, compare=False)
 
     @classmethod
@@ -62,6 +65,7 @@ class Envelope:
         cause: Envelope | None = None,
         traceparent: str | None = None,
         time: datetime | None = None,
+        partition_key: str | None = None,
     ) -> Envelope:
         """Make the envelope of an event fired at `time` (now), caused by `cause` when given."""
         return cls(
@@ -74,6 +78,7 @@ class Envelope:
             causation_id=cause.id if cause else None,
             hops=cause.hops + 1 if cause else 0,
             traceparent=traceparent,
+            partition_key=partition_key,
         )
 
     def headers(self) -> dict[str, str]:
@@ -91,6 +96,7 @@ class Envelope:
             "ce-schemaversion": self.schema_version,
             "ce-causationid": self.causation_id,
             "ce-traceparent": self.traceparent,
+            "ce-partitionkey": self.partition_key,
         }
         headers.update({key: value for key, value in optional.items() if value is not None})
         return headers
@@ -186,11 +192,12 @@ class OutboundMessage:
         schema_version: str | None,
         cause: Envelope | None,
         traceparent: str | None,
+        partition_key: str | None = None,
     ) -> OutboundMessage:
         """A message of an event fired now, whose envelope is made when first read."""
         message = cls.__new__(cls)
         message.body, message.type, message._envelope = body, type, None
-        message._draft = (time.time_ns(), source, subject, schema_version, cause, traceparent)
+        message._draft = (time.time_ns(), source, subject, schema_version, cause, traceparent, partition_key)
         return message
 
     @property
@@ -199,7 +206,7 @@ class OutboundMessage:
         envelope = self._envelope
         if envelope is None:
             assert self._draft is not None  # one of the two is always set
-            nanoseconds, source, subject, schema_version, cause, traceparent = self._draft
+            nanoseconds, source, subject, schema_version, cause, traceparent, partition_key = self._draft
             envelope = self._envelope = Envelope.new(
                 source=source,
                 type=self.type,
@@ -210,6 +217,7 @@ class OutboundMessage:
                 # Whole microseconds, cut as datetime.now() cuts them: a float would round
                 # up now and then, past the moment send() ran.
                 time=_EPOCH + timedelta(microseconds=nanoseconds // 1000),
+                partition_key=partition_key,
             )
             self._draft = None
         return envelope
@@ -222,7 +230,7 @@ class OutboundMessage:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # What send() records for an envelope made later: a plain tuple, the cheapest to build.
-_Draft = tuple[int, str, str | None, str | None, Envelope | None, str | None]
+_Draft = tuple[int, str, str | None, str | None, Envelope | None, str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +338,7 @@ def _envelope(attributes: dict[str, str], attempt: int) -> Envelope:
         causation_id=attributes.get("causationid"),
         hops=_parse_hops(attributes.get("hops")),
         traceparent=attributes.get("traceparent"),
+        partition_key=attributes.get("partitionkey"),
         attempt=attempt,
     )
 

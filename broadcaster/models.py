@@ -63,3 +63,20 @@ class InboxEntry(models.Model):
         """The unique key of an event: a digest of its source and id, unambiguous by length prefix."""
         text = f"{len(source)}:{source}{event_id}".encode("utf-8", "surrogatepass")
         return hashlib.sha256(text).hexdigest()
+
+
+class AppliedVersion(models.Model):
+    """The newest version of one entity an ordered subscription applied (its stale-event guard).
+
+    Written in the receivers' transaction, like the inbox: an event whose version is not
+    newer than the one recorded for its partition key is skipped.
+    """
+
+    key = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the scope and the partition key.")
+    scope = models.CharField(max_length=255, help_text="The event type the version belongs to.")
+    partition_key = models.TextField()
+    version = models.CharField(max_length=64, help_text="The version, encoded so that text order is version order.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.partition_key[:100]} @ {self.version}"

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from urllib.parse import unquote, urlsplit
 
 from broadcaster.settings import BroadcasterSettings
-from broadcaster.topology import Topology
+from broadcaster.topology import Partitions, Topology
 
 __all__ = ["PASSWORD_PLACEHOLDER", "permission_commands", "topology_lines", "vhost"]
 
@@ -35,6 +35,7 @@ def topology_lines(
     publishes: Iterable[str],
     subscribes: Iterable[str],
     instance_events: Iterable[str] = (),
+    ordered_events: Iterable[str] = (),
 ) -> list[str]:
     """Human-readable lines naming the exchange, the queues and the bindings of this service."""
     topology = Topology.for_settings(settings)
@@ -62,6 +63,14 @@ def topology_lines(
             f"{settings.instance_queue_expires:g} s after it is gone)",
             *(f"  bound to {topology.exchange} with {event}" for event in per_instance),
         ]
+    if ordered := sorted(set(ordered_events)):
+        partitions = Partitions.for_settings(settings)
+        lines += [
+            f"exchange {partitions.exchange} (consistent hash on ce-partitionkey)",
+            *(f"  bound to {topology.exchange} with {event}" for event in ordered),
+            f"queues {topology.queue}.partition.0 to .{partitions.count - 1} "
+            f"({topology.queue_type}, single active consumer; PARTITIONS={partitions.count})",
+        ]
     return lines
 
 
@@ -71,6 +80,8 @@ def permission_commands(
     subscribes: Iterable[str],
     user: str | None = None,
     instance_events: Iterable[str] = (),
+    *,
+    ordered_events: Iterable[str] = (),
 ) -> list[str]:
     """``rabbitmqctl`` commands (with comments) that create and restrict this service's user.
 
@@ -89,6 +100,11 @@ def permission_commands(
     patterns = [*map(_escape, names)] if subscribed else []
     if any(True for _ in instance_events):
         patterns.append(_escape(topology.queue) + r"\.instance\..+")  # one per daemon (fanout="instance")
+    if any(True for _ in ordered_events):  # the partition exchange and queues of ordered subscriptions
+        patterns += [
+            _escape(Partitions.for_settings(settings).exchange),
+            _escape(topology.queue) + r"\.partition\.[0-9]+",
+        ]
     configure = _anchored([*own, *patterns])
     write = _anchored([*own, *patterns])
     # Declaring a queue with a dead-letter exchange needs read on the queue, so the retry

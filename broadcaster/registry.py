@@ -10,9 +10,11 @@ events its receivers fire carry it as their cause.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import re
 import threading
+import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -54,6 +56,9 @@ DEFAULT_SCHEMA_VERSION = "1.0"
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 Fanout = Literal["service", "instance"]
+PartitionKey = str | Callable[[Any], object]
+"""A schema field name, or a function of the validated payload, whose value names the entity."""
+_KEY_LIMIT = 255
 
 # (signal being re-emitted, its envelope) while dispatching an incoming event.
 _handling: ContextVar[tuple[Signal, Envelope] | None] = ContextVar("broadcaster_handling", default=None)
@@ -69,6 +74,7 @@ class Broadcast:
     sender: object
     schema_version: str
     accepted: frozenset[str] | None  # the kwargs the schema reads; None: it ignores the rest itself
+    key: PartitionKey | None = None
 
     def __call__(self, sender: object, **kwargs: Any) -> None:
         current = _handling.get()
@@ -112,7 +118,18 @@ class Broadcast:
             schema_version=self.schema_version,
             cause=cause,
             traceparent=observability.current_traceparent(),
+            partition_key=None if self.key is None else self.partition_key(payload),
         )
+
+    def partition_key(self, payload: BaseModel) -> str:
+        """The ``ce-partitionkey`` of `payload`: the key field's value, or what the key function returns."""
+        value = getattr(payload, self.key) if isinstance(self.key, str) else self.key(payload)  # type: ignore[misc]
+        if value is None or isinstance(value, bool) or not isinstance(value, str | int | uuid.UUID):
+            raise InvalidPayload(self.event, [f"partition key: {value!r} is not a string, an integer or a UUID"])
+        text = str(value)
+        if not text or len(text.encode()) > _KEY_LIMIT:
+            raise InvalidPayload(self.event, [f"partition key: must be 1-{_KEY_LIMIT} bytes, not {len(text)}"])
+        return text
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,6 +146,8 @@ class Subscription:
     lossless: bool = False  # the schema has Decimal fields: JSON numbers must not pass through float
     fanout: Fanout = "service"
     sources: frozenset[str] | None = None  # the services this event is accepted from; None: any
+    ordered: bool = False  # events of one partition key are handled one at a time, in order
+    version_field: str | None = None  # with ordered: skip an event older than one already applied
 
     @property
     def major(self) -> int:
@@ -140,28 +159,37 @@ _broadcasts: dict[tuple[int, str, object], Broadcast] = {}
 _subscriptions: dict[str, Subscription] = {}
 
 
-def broadcast(signal: Signal, *, event: str, schema: type[BaseModel], sender: object = None) -> None:
+def broadcast(
+    signal: Signal, *, event: str, schema: type[BaseModel], sender: object = None, key: PartitionKey | None = None
+) -> None:
     """Publish every `send()` of `signal` (from `sender`, if given) as `event`.
 
     The payload is ``schema.model_validate(kwargs, from_attributes=True)``; kwargs the
     schema does not name are not sent. Calling it again with the same arguments does
     nothing. For model signals `sender` may be a model class or ``"app_label.Model"``.
+    `key` names the schema field (or is a function of the validated payload) whose value
+    identifies the entity the event is about; it travels as ``ce-partitionkey`` and lets
+    ``subscribe(..., ordered=True)`` keep the events of one entity in order.
     """
     _check_event(event)
     version = _schema_version(schema)
+    _check_key(event, schema, key)
     if isinstance(sender, str) and not isinstance(signal, ModelSignal):
         raise RegistrationError(f"event {event!r}: a sender given as a string needs a model signal such as post_save")
-    key = (id(signal), event, sender)
-    if existing := _broadcasts.get(key):
-        if existing.schema is not schema:
-            raise RegistrationError(f"event {event!r} is already broadcast with schema {existing.schema.__qualname__}")
+    registration = (id(signal), event, sender)
+    if existing := _broadcasts.get(registration):
+        if existing.schema is not schema or existing.key != key:
+            raise RegistrationError(
+                f"event {event!r} is already broadcast with schema {existing.schema.__qualname__} "
+                f"and key {existing.key!r}"
+            )
         return
     for other in _broadcasts.values():
         if other.event == event and other.schema is not schema:
             raise RegistrationError(f"event {event!r} is already broadcast with schema {other.schema.__qualname__}")
-    receiver = Broadcast(signal, event, schema, sender, version, _accepted_names(schema))
+    receiver = Broadcast(signal, event, schema, sender, version, _accepted_names(schema), key)
     signal.connect(receiver, sender=sender, weak=False, dispatch_uid=f"broadcaster:{event}")
-    _broadcasts[key] = receiver
+    _broadcasts[registration] = receiver
 
 
 def subscribe(
@@ -174,6 +202,8 @@ def subscribe(
     upcasters: Mapping[int, Upcaster] | None = None,
     fanout: Fanout = "service",
     sources: Collection[str] | None = None,
+    ordered: bool = False,
+    version_field: str | None = None,
 ) -> Signal:
     """Re-emit incoming `event` on a local signal, which is returned (made when not given).
 
@@ -186,17 +216,23 @@ def subscribe(
     every running daemon gets the event (cache invalidation), not just one per service.
     `sources` names the services (ce-source) the event is accepted from; anything else
     is dead-lettered, so a service cannot speak for another even where it can write to
-    this queue.
+    this queue. With `ordered`, events with the same partition key (``broadcast(...,
+    key=...)``) are handled one at a time, in the order they were published, whatever
+    the number of daemons; a failing one is retried in place. `version_field` (ordered
+    only) names an integer or datetime field: an event whose version is not newer than
+    one already applied for its key is skipped, recorded with the receivers' work.
     """
     if fanout not in ("service", "instance"):
         raise RegistrationError(f"event {event!r}: fanout must be 'service' or 'instance', not {fanout!r}")
     _check_event(event)
     version = _schema_version(schema)
     chain = _check_upcasters(event, _major(version), upcasters or {})
+    _check_ordering(event, schema, fanout, ordered, version_field)
     if existing := _subscriptions.get(event):
         same = (
             existing.schema is schema
-            and (existing.inbox, existing.fanout) == (inbox, fanout)
+            and (existing.inbox, existing.fanout, existing.ordered) == (inbox, fanout, ordered)
+            and existing.version_field == version_field
             and existing.sources == (frozenset(sources) if sources is not None else None)
             and dict(existing.upcasters) == chain
         )
@@ -216,6 +252,8 @@ def subscribe(
         _has_decimal(schema.__pydantic_core_schema__),
         fanout,
         frozenset(sources) if sources is not None else None,
+        ordered,
+        version_field,
     )
     return local
 
@@ -227,6 +265,37 @@ def _has_decimal(core_schema: object) -> bool:
     if isinstance(core_schema, list | tuple):
         return any(_has_decimal(item) for item in core_schema)
     return False
+
+
+def _check_key(event: str, schema: type[BaseModel], key: PartitionKey | None) -> None:
+    if key is None or callable(key):
+        return
+    if not isinstance(key, str) or key not in schema.model_fields:
+        raise RegistrationError(
+            f"event {event!r}: key must name a field of {schema.__qualname__} "
+            f"({', '.join(schema.model_fields)}) or be a function of the payload, not {key!r}"
+        )
+
+
+_VERSION_TYPES = (int, datetime.datetime, datetime.date)
+
+
+def _check_ordering(
+    event: str, schema: type[BaseModel], fanout: Fanout, ordered: bool, version_field: str | None
+) -> None:
+    if ordered and fanout != "service":
+        raise RegistrationError(f"event {event!r}: ordered=True needs fanout='service'")
+    if version_field is None:
+        return
+    if not ordered:
+        raise RegistrationError(f"event {event!r}: version_field needs ordered=True (versions are kept per key)")
+    info = schema.model_fields.get(version_field)
+    annotation = info.annotation if info is not None else None
+    if not (isinstance(annotation, type) and issubclass(annotation, _VERSION_TYPES)) or issubclass(annotation, bool):
+        raise RegistrationError(
+            f"event {event!r}: version_field {version_field!r} must be an int, date or datetime field of "
+            f"{schema.__qualname__} (a required one), not {annotation!r}"
+        )
 
 
 def _check_upcasters(event: str, major: int, upcasters: Mapping[int, Upcaster]) -> dict[int, Upcaster]:

@@ -142,6 +142,22 @@ class BroadcasterSettings(BaseModel):
     instance_queue_expires: float = Field(
         300.0, alias="INSTANCE_QUEUE_EXPIRES", gt=0, description="Seconds an unused instance queue is kept."
     )
+    partitions: int = Field(
+        8,
+        alias="PARTITIONS",
+        ge=1,
+        le=1000,
+        description="Queues the events of ordered subscriptions are spread over by partition key; each is "
+        "consumed by one daemon at a time. Changing it: drain the partition queues first (see the docs).",
+    )
+    concurrency: int = Field(
+        1,
+        alias="CONCURRENCY",
+        ge=1,
+        le=256,
+        description="Receivers a daemon runs at once, each on a thread with its own database connection "
+        "(consume_signals --concurrency wins).",
+    )
     consumer_timeout: float = Field(
         1800.0,
         alias="CONSUMER_TIMEOUT",

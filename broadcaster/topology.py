@@ -9,6 +9,9 @@
 | dead-letter queue | <queue>.dead-letter          | what can never succeed, with the reason       |
 | requeue exchange  | <queue>.requeue              | direct, routing key = queue name: the way     |
 |                   |                              | back for retries, dead letters and replays    |
+| partition exchange| <queue>.partitions           | consistent hash on ce-partitionkey, bound to  |
+|                   |                              | EXCHANGE by each ordered event                |
+| partition queues  | <queue>.partition.<n>        | PARTITIONS of them, single active consumer    |
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from broadcaster.settings import BroadcasterSettings
 __all__ = ["Topology"]
 
 _QUORUM_DELIVERY_LIMIT = 50
+_KEY_HEADER = "ce-partitionkey"
 # A quorum queue's own dead-lettering (expired TTL, delivery limit) is at most once unless
 # asked for: the broker then keeps each message until the target queue confirmed its copy.
 # Classic queues cannot do this at all, which is why delay queues are always quorum queues.
@@ -39,6 +43,7 @@ class Topology:
     shared_dead_letter_queue: str | None = None  # an instance queue dead-letters to its service's
     shared_requeue_exchange: str | None = None  # ... through its service's requeue exchange
     expires_ms: int | None = None  # an instance queue goes away this long after its daemon
+    single_active_consumer: bool = False  # a partition queue: one daemon at a time, in order
 
     @classmethod
     def for_settings(cls, settings: BroadcasterSettings) -> Topology:
@@ -122,6 +127,69 @@ class Topology:
             for name in [self.queue, self.dead_letter_queue, *self.retry_queues]:
                 channel.queue_bind(name, self.requeue_exchange, routing_key=name)
 
+    @property
+    def in_place_retries(self) -> bool:
+        """Whether a failing event is retried where it is (a partition keeps its order) rather than delayed."""
+        return self.single_active_consumer
+
     def _arguments(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         expiry = {} if self.expires_ms is None else {"x-expires": self.expires_ms}
-        return {"x-queue-type": self.queue_type, **expiry, **(extra or {})}
+        single = {"x-single-active-consumer": True} if self.single_active_consumer else {}
+        return {"x-queue-type": self.queue_type, **expiry, **single, **(extra or {})}
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """The queues of a service's ordered subscriptions.
+
+    A consistent-hash exchange (RabbitMQ's bundled ``rabbitmq_consistent_hash_exchange``
+    plugin) spreads the ordered events over PARTITIONS queues by ``ce-partitionkey``, so
+    the events of one key always land in the same queue, in publishing order. Each queue
+    has a single active consumer: every daemon consumes all of them, the broker hands each
+    to one daemon at a time and moves it when that daemon goes. A failing event is retried
+    in place and its partition waits; after the last attempt it is dead-lettered into the
+    service's dead-letter queue and the partition goes on.
+    """
+
+    service: Topology
+    count: int
+
+    @classmethod
+    def for_settings(cls, settings: BroadcasterSettings) -> Partitions:
+        return cls(Topology.for_settings(settings), settings.partitions)
+
+    @property
+    def exchange(self) -> str:
+        """The consistent-hash exchange; a replayed ordered event goes back through it."""
+        return f"{self.service.queue}.partitions"
+
+    @property
+    def queues(self) -> list[Topology]:
+        """One topology per partition queue, dead-lettering into the service's queue."""
+        service = self.service
+        return [
+            Topology(
+                service.exchange,
+                f"{service.queue}.partition.{index}",
+                service.queue_type,
+                (),  # retries happen in place: a delay queue would let later events pass
+                shared_dead_letter_queue=service.dead_letter_queue,
+                shared_requeue_exchange=service.requeue_exchange,
+                single_active_consumer=True,
+            )
+            for index in range(self.count)
+        ]
+
+    def declare(self, channel: Any, events: Iterable[str]) -> None:
+        """Declare the exchange and the partition queues, and route `events` to them.
+
+        The service's own topology (dead-letter queue, requeue exchange) must be declared first.
+        """
+        channel.exchange_declare(
+            self.exchange, exchange_type="x-consistent-hash", durable=True, arguments={"hash-header": _KEY_HEADER}
+        )
+        for event in sorted(set(events)):
+            channel.exchange_bind(self.exchange, self.service.exchange, routing_key=event)
+        for queue in self.queues:
+            queue.declare(channel, ())
+            channel.queue_bind(queue.queue, self.exchange, routing_key="1")  # equal weights

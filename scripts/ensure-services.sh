@@ -32,6 +32,13 @@ if ! port_open 5672; then
     rabbitmqctl -q await_startup >/dev/null 2>&1 || true
 fi
 
+# Ordered subscriptions hash events onto partition queues with the consistent-hash
+# exchange, a plugin bundled with RabbitMQ; enabling it does not restart the broker.
+if command -v rabbitmq-plugins >/dev/null && ! rabbitmq-plugins -q is_enabled rabbitmq_consistent_hash_exchange >/dev/null 2>&1; then
+    echo "ensure-services: enabling rabbitmq_consistent_hash_exchange"
+    rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null
+fi
+
 if ! port_open 5432 && command -v pg_ctlcluster >/dev/null; then
     echo "ensure-services: starting PostgreSQL"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start

@@ -15,12 +15,16 @@ class Recorder:
         self.queues: dict[str, dict[str, Any]] = {}
         self.exchanges: dict[str, dict[str, Any]] = {}
         self.bindings: list[tuple[str, str, str]] = []
+        self.exchange_bindings: list[tuple[str, str, str]] = []
 
     def exchange_declare(self, name: str, **kwargs: Any) -> None:
         self.exchanges[name] = kwargs
 
     def queue_declare(self, name: str, durable: bool, arguments: dict[str, Any]) -> None:
         self.queues[name] = arguments
+
+    def exchange_bind(self, destination: str, source: str, routing_key: str) -> None:
+        self.exchange_bindings.append((destination, source, routing_key))
 
     def queue_bind(self, queue: str, exchange: str, routing_key: str) -> None:
         self.bindings.append((queue, exchange, routing_key))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any
 
 import pika
@@ -10,7 +9,7 @@ from django.dispatch import Signal
 from pydantic import BaseModel
 
 import broadcaster
-from broadcaster.consumer import Consumer, _Delivery
+from broadcaster.consumer import Consumer, _Delivery, _Finished
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.envelope import Envelope, properties_for
 from broadcaster.registry import subscriptions
@@ -43,18 +42,9 @@ def test_a_retried_event_still_passes_require_user_id() -> None:
 
     # The receiver raised once: the consumer sends the message to its delay queue.
     channel, consumer = _Channel(), Consumer(config, subscriptions())
-    parts = {
-        "topology": consumer.topology,
-        "channel": channel,
-        "tag": 1,
-        "routing_key": "orders.ping",
-        "properties": props,
-        "body": b'{"n": 1}',
-        "attempt": 1,
-    }
-    delivery = _Delivery(**{part.name: parts[part.name] for part in fields(_Delivery)})
+    delivery = _Delivery(consumer.topology, channel, 1, "orders.ping", props, b'{"n": 1}', 1)
     failed = Outcome(Action.RETRY, first.envelope, "receiver-error", "boom", "RuntimeError")
-    consumer._republish(channel, delivery, failed, "billing.delay.1000ms")
+    consumer._republish(channel, delivery, _Finished(delivery, failed, True, 0.0, 1), "billing.delay.1000ms")
     [(_, body, retried)] = channel.published
 
     second = dispatch(retried, body, settings=config, subscriptions=subscriptions(), attempt=2)

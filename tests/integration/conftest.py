@@ -147,6 +147,7 @@ class Broker:
         for queue in self.queues:
             channel.queue_delete(queue)
             channel.exchange_delete(f"{queue}.requeue")  # a service queue's own; a no-op for the others
+            channel.exchange_delete(f"{queue}.partitions")  # likewise, with ordered subscriptions
         channel.exchange_delete(self.exchange)
         self.connection.close()
 
@@ -180,7 +181,8 @@ class Service:
     @property
     def queues(self) -> list[str]:
         retry = [f"{self.queue}.delay.{round(delay * 1000)}ms" for delay in self.retry_delays]
-        return [self.queue, self.dead_letter_queue, *retry]
+        partitions = [f"{self.queue}.partition.{i}" for i in range(int(self.env.get("PARTITIONS", "0")))]
+        return [self.queue, self.dead_letter_queue, *retry, *partitions]
 
     def records(self) -> list[dict[str, Any]]:
         """One dict per event a receiver of this service handled, in order."""
@@ -195,11 +197,18 @@ class Service:
         return self.records()
 
     def fire(
-        self, signal_name: str, data: dict[str, Any], *, count: int = 1, rollback: bool = False, flush: bool = True
+        self,
+        signal_name: str,
+        data: dict[str, Any],
+        *,
+        count: int = 1,
+        rollback: bool = False,
+        flush: bool = True,
+        keys: int | None = None,
     ) -> None:
         """Send a signal in a short-lived process of this service, which flushes before exiting."""
         args = ["fire", signal_name, "--data", json.dumps(data), "--count", str(count)]
-        args += ["--rollback"] * rollback + ["--no-flush"] * (not flush)
+        args += ["--rollback"] * rollback + ["--no-flush"] * (not flush) + (["--keys", str(keys)] if keys else [])
         result = subprocess.run(
             [sys.executable, str(MANAGE), *args], env=self.env, capture_output=True, timeout=30, check=False
         )

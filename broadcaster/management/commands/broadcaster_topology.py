@@ -33,8 +33,11 @@ class Command(BaseCommand):
         publishes = [receiver.event for receiver in broadcasts()]
         subscribes = list(subscriptions())
         per_instance = [event for event, sub in subscriptions().items() if sub.fanout == "instance"]
+        ordered = [event for event, sub in subscriptions().items() if sub.ordered]
         if options["permissions"]:
-            lines = permission_commands(settings, publishes, subscribes, options["user"], per_instance)
+            lines = permission_commands(
+                settings, publishes, subscribes, options["user"], per_instance, ordered_events=ordered
+            )
         else:
-            lines = topology_lines(settings, publishes, subscribes, per_instance)
+            lines = topology_lines(settings, publishes, subscribes, per_instance, ordered)
         self.stdout.write("\n".join(lines))

@@ -22,6 +22,11 @@ class Command(BaseCommand):
             "--prefetch", type=positive, help="unacknowledged messages held at once (default: PREFETCH)"
         )
         parser.add_argument("--max-messages", type=positive, help="stop after handling this many messages")
+        parser.add_argument(
+            "--concurrency",
+            type=positive,
+            help="receivers run at once, each on a thread with its own database connection (default: CONCURRENCY)",
+        )
         parser.add_argument("--metrics-port", type=int, help="serve /metrics (Prometheus) and /healthz on this port")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -29,7 +34,11 @@ class Command(BaseCommand):
         try:
             settings = get_settings()
             consumer = Consumer(
-                settings, subscriptions(), prefetch=options["prefetch"], max_messages=options["max_messages"]
+                settings,
+                subscriptions(),
+                prefetch=options["prefetch"],
+                max_messages=options["max_messages"],
+                concurrency=options["concurrency"],
             )
             stop_on_signals("consume_signals", consumer.stop, settings.shutdown_timeout)
             if options["metrics_port"] is not None:

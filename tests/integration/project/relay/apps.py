@@ -48,7 +48,18 @@ def _inbox() -> None:
     events.ping.connect(receivers.remember, weak=False, dispatch_uid="relay.remember")
 
 
+def _ordered() -> None:
+    broadcaster.subscribe("relay.keyed", schema=events.Keyed, signal=events.keyed, ordered=True)
+    events.keyed.connect(receivers.record_keyed, weak=False, dispatch_uid="relay.record_keyed")
+
+
+def _keyed_producer() -> None:
+    broadcaster.broadcast(events.keyed, event="relay.keyed", schema=events.Keyed, key="key")
+
+
 WIRINGS: dict[str, Callable[[], None]] = {
+    "ordered": _ordered,
+    "keyed-producer": _keyed_producer,
     "producer": _producer,
     "consumer": _consumer,
     "echo": _echo,

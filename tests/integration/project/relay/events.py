@@ -10,6 +10,7 @@ ping = Signal()  # kwargs: n, note
 pong = Signal()  # kwargs: n
 priced = Signal()  # kwargs: sku, amount
 boom = Signal()  # kwargs: n; its receiver always raises
+keyed = Signal()  # kwargs: key, seq; broadcast with key="key", subscribed ordered
 
 
 class Ping(BaseModel):
@@ -32,4 +33,9 @@ class Boom(BaseModel):
     n: int
 
 
-SIGNALS = {"ping": ping, "pong": pong, "priced": priced, "boom": boom}
+class Keyed(BaseModel):
+    key: str
+    seq: int
+
+
+SIGNALS = {"ping": ping, "pong": pong, "priced": priced, "boom": boom, "keyed": keyed}

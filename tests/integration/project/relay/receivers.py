@@ -61,6 +61,18 @@ def _kill() -> None:
     os.kill(os.getpid(), signals.SIGKILL)
 
 
+def record_keyed(sender: object, envelope: Envelope, key: str, seq: int, **fields: Any) -> None:
+    """An ordered subscription's receiver: fails the first attempt of every FAIL_FIRST_EVERY-th event."""
+    if settings.RECEIVER_SLEEP:
+        time.sleep(settings.RECEIVER_SLEEP)
+    every = settings.FAIL_FIRST_EVERY
+    if every and seq % every == every - 1 and envelope.attempt == 1:
+        raise RuntimeError(f"first attempt of {key}/{seq} fails")
+    line = {"key": key, "seq": seq, "attempt": envelope.attempt, "pid": os.getpid(), "id": envelope.id}
+    with open(settings.RECORD_FILE, "a", encoding="utf-8") as file:
+        file.write(json.dumps(line) + "\n")
+
+
 def connect(*signals: Signal) -> None:
     for signal in signals:
         signal.connect(record, weak=False, dispatch_uid="relay.record")

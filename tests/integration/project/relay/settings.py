@@ -33,6 +33,9 @@ _NUMBERS = {
     "SHUTDOWN_TIMEOUT": float,
     "RECONNECT_MAX_DELAY": float,
     "OUTBOX_POLL_INTERVAL": float,
+    "PARTITIONS": int,
+    "CONCURRENCY": int,
+    "HEARTBEAT": int,
 }
 for _key, _type in _NUMBERS.items():
     if _key in os.environ:
@@ -50,6 +53,7 @@ RECORD_FILE = os.environ["RECORD_FILE"]
 # once (the file KILL_MARKER remembers it) at event n=KILL_AT, in the receiver or just after
 # the receiver's transaction committed (KILL_WHEN=after-commit).
 RECEIVER_SLEEP = float(os.environ.get("RECEIVER_SLEEP", "0"))
+FAIL_FIRST_EVERY = int(os.environ.get("FAIL_FIRST_EVERY", "0"))
 KILL_AT = int(os.environ["KILL_AT"]) if "KILL_AT" in os.environ else None
 KILL_WHEN = os.environ.get("KILL_WHEN", "receiver")
 KILL_MARKER = os.environ.get("KILL_MARKER") or f"{RECORD_FILE}.killed"

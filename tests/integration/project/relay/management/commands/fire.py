@@ -32,6 +32,9 @@ class Command(BaseCommand):
         parser.add_argument("--pace", type=float, default=0.0, help="seconds to sleep between sends (with --each)")
         parser.add_argument("--report", type=Path, help="with --each: write accepted/refused numbers as JSON")
         parser.add_argument("--max-refusals", type=int, help="with --each: stop after this many refused sends")
+        parser.add_argument(
+            "--keys", type=int, help="keyed: event i gets key k{i % KEYS} and seq i // KEYS (interleaved keys)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["each"]:
@@ -48,6 +51,8 @@ class Command(BaseCommand):
         data = dict(options["data"])
         if options["sequence"] is not None:
             data["n"] = options["sequence"] + i
+        if options["keys"]:
+            data.update(key=f"k{i % options['keys']}", seq=i // options["keys"])
         SIGNALS[options["signal"]].send(sender=None, **data)
 
     def _each(self, options: dict[str, Any]) -> None:

@@ -234,6 +234,7 @@ def replay(
     progress: Progress | None = None,
     user: str | None = None,
     exchange: str = "",
+    ordered: Mapping[str, str] | None = None,
 ) -> Tally:
     """Move the dead letters that `match` from `queue` back to the service queue `target`.
 
@@ -243,13 +244,21 @@ def replay(
     empty) with `target` as routing key. `user` is the broker user `channel` authenticates
     as: copies carry it as user_id, the original publisher staying in
     x-broadcaster-user-id, so REQUIRE_USER_ID still holds.
+    `ordered` maps the events of ordered subscriptions to their partition exchange: such
+    a copy goes back through it, to the partition of its key, not to the service queue.
     `channel` must be in confirm mode (connect() makes it so). Raises PublishError, after
     handing back every dead letter not yet replayed, if the broker refuses a copy.
     """
     count(channel, target)  # fail before touching anything if the service queue is missing
+    partitioned = ordered or {}
 
     def send(properties: pika.BasicProperties, body: bytes) -> None:
-        channel.basic_publish(exchange, target, body, replay_properties(properties, user), mandatory=True)
+        copy = replay_properties(properties, user)
+        event = _text((properties.headers or {}).get("ce-type")) or properties.type
+        if isinstance(event, str) and event in partitioned:
+            channel.basic_publish(partitioned[event], event, body, copy, mandatory=True)
+        else:
+            channel.basic_publish(exchange, target, body, copy, mandatory=True)
 
     return _sweep(
         channel, queue, match=match, limit=limit, progress=progress, send=send, what=f"replay to queue {target!r}"

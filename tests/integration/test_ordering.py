@@ -86,3 +86,31 @@ def test_receivers_overlap_with_concurrency(service, rabbit: Broker) -> None:
     elapsed = time.monotonic() - started
     assert elapsed < 8 * 0.4 / 2, f"8 receivers of 0.4 s took {elapsed:.2f} s: they did not overlap"
     assert len({record["pid"] for record in consumer.records()}) == 1
+
+
+def test_an_ordered_event_is_retried_in_place_dead_lettered_and_replayed_into_its_partition(
+    service, rabbit: Broker, tmp_path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.touch()
+    consumer: Service = service("inplace", "ordered", PARTITIONS="4", RETRY_DELAYS="0.1,0.1", FAIL_WHILE=str(broken))
+    producer: Service = service("keyed2", "keyed-producer")
+    daemon = consumer.daemon()
+    producer.fire("keyed", {"key": "k1", "seq": 0})
+    wait_for(lambda: rabbit.count(consumer.dead_letter_queue) == 1, 15, "the dead letter")
+    assert "retrying relay.keyed" in daemon.log()
+    assert rabbit.count(consumer.queue) == 0  # never through the service queue or a delay queue
+    [letter] = rabbit.take(consumer.dead_letter_queue)
+    assert letter.headers["x-broadcaster-attempts"] == 3  # in place: 1 + len(RETRY_DELAYS)
+    assert letter.headers["x-broadcaster-reason"] == "receiver-error"
+    rabbit.channel.basic_publish("", consumer.dead_letter_queue, letter.body, letter.properties)  # put it back
+    daemon.proc.send_signal(signal.SIGTERM)
+    daemon.proc.wait(20)
+    broken.unlink()
+    assert "replayed 1 of 1" in consumer.manage("dead_letters", "replay")
+    partitions = [rabbit.count(f"{consumer.queue}.partition.{i}") for i in range(4)]
+    assert sum(partitions) == 1, "the replayed event went back to its partition"
+    assert rabbit.count(consumer.queue) == 0
+    consumer.daemon()
+    [record] = consumer.wait_records(1)
+    assert (record["key"], record["seq"], record["attempt"]) == ("k1", 0, 1)

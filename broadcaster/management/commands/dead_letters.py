@@ -17,8 +17,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from broadcaster import deadletters
 from broadcaster.deadletters import DeadLetter, Listing, Match, Tally
 from broadcaster.exceptions import BroadcasterError
+from broadcaster.registry import subscriptions
 from broadcaster.settings import BroadcasterSettings, get_settings
-from broadcaster.topology import Topology
+from broadcaster.topology import Partitions, Topology
 
 DEFAULT_LIMIT = 100
 _ERROR_WIDTH = 60
@@ -87,6 +88,7 @@ class Command(BaseCommand):
                 progress=self._progress("replayed"),
                 user=settings.broker_user,
                 exchange=topology.requeue_exchange,
+                ordered=_ordered(settings),
             )
         self.stdout.write(
             f"replayed {tally.done} of {tally.scanned} {_plural(tally.scanned)} to queue {topology.queue!r}"
@@ -122,6 +124,12 @@ class Command(BaseCommand):
             self.stderr.write(f"dead_letters: {tally.scanned} looked at, {tally.done} {verb} so far")
 
         return report
+
+
+def _ordered(settings: BroadcasterSettings) -> dict[str, str]:
+    """The partition exchange of each ordered subscription: a replayed event returns to its partition."""
+    exchange = Partitions.for_settings(settings).exchange
+    return {event: exchange for event, sub in subscriptions().items() if sub.ordered}
 
 
 def _interactive() -> bool:

@@ -68,6 +68,8 @@ def record_keyed(sender: object, envelope: Envelope, key: str, seq: int, **field
     every = settings.FAIL_FIRST_EVERY
     if every and seq % every == every - 1 and envelope.attempt == 1:
         raise RuntimeError(f"first attempt of {key}/{seq} fails")
+    if settings.FAIL_WHILE and Path(settings.FAIL_WHILE).exists():
+        raise RuntimeError(f"{key}/{seq} fails while {settings.FAIL_WHILE} exists")
     line = {"key": key, "seq": seq, "attempt": envelope.attempt, "pid": os.getpid(), "id": envelope.id}
     with open(settings.RECORD_FILE, "a", encoding="utf-8") as file:
         file.write(json.dumps(line) + "\n")

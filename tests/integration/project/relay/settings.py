@@ -54,6 +54,7 @@ RECORD_FILE = os.environ["RECORD_FILE"]
 # the receiver's transaction committed (KILL_WHEN=after-commit).
 RECEIVER_SLEEP = float(os.environ.get("RECEIVER_SLEEP", "0"))
 FAIL_FIRST_EVERY = int(os.environ.get("FAIL_FIRST_EVERY", "0"))
+FAIL_WHILE = os.environ.get("FAIL_WHILE", "")
 KILL_AT = int(os.environ["KILL_AT"]) if "KILL_AT" in os.environ else None
 KILL_WHEN = os.environ.get("KILL_WHEN", "receiver")
 KILL_MARKER = os.environ.get("KILL_MARKER") or f"{RECORD_FILE}.killed"

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from broadcaster import observability, signing
 from broadcaster.envelope import Envelope, IncomingMessage, decode
 from broadcaster.exceptions import HopLimitExceeded, RejectedMessage
-from broadcaster.registry import Subscription, handling
+from broadcaster.registry import Subscription, field_value, handling
 from broadcaster.settings import BroadcasterSettings
 
 __all__ = ["Action", "Outcome", "dispatch"]
@@ -221,7 +221,8 @@ def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]
             return
         from broadcaster import versions  # noqa: PLC0415 - models load only once apps are ready
 
-        applied = versions.run_if_newer(envelope, fields[subscription.version_field], receivers)
+        version = field_value(fields, subscription.version_field)
+        applied = versions.run_if_newer(envelope, version, receivers)
 
     try:
         if subscription.inbox:

@@ -123,7 +123,7 @@ class Broadcast:
 
     def partition_key(self, payload: BaseModel) -> str:
         """The ``ce-partitionkey`` of `payload`: the key field's value, or what the key function returns."""
-        value = getattr(payload, self.key) if isinstance(self.key, str) else self.key(payload)  # type: ignore[misc]
+        value = field_value(payload, self.key) if isinstance(self.key, str) else self.key(payload)  # type: ignore[misc]
         if value is None or isinstance(value, bool) or not isinstance(value, str | int | uuid.UUID):
             raise InvalidPayload(self.event, [f"partition key: {value!r} is not a string, an integer or a UUID"])
         text = str(value)
@@ -267,13 +267,33 @@ def _has_decimal(core_schema: object) -> bool:
     return False
 
 
+def field_value(payload: object, path: str) -> object:
+    """The value at a dotted field path (``"instance.id"``) of a validated payload (or a dict of its fields)."""
+    for name in path.split("."):
+        payload = payload[name] if isinstance(payload, dict) else getattr(payload, name)
+    return payload
+
+
+def _field(schema: type[BaseModel], path: str) -> object:
+    """The annotation at a dotted field path of `schema`, or None if there is no such field."""
+    annotation: object = schema
+    for name in path.split("."):
+        fields = annotation.model_fields if isinstance(annotation, type) and issubclass(annotation, BaseModel) else {}
+        info = fields.get(name)
+        if info is None:
+            return None
+        annotation = info.annotation
+    return annotation
+
+
 def _check_key(event: str, schema: type[BaseModel], key: PartitionKey | None) -> None:
     if key is None or callable(key):
         return
-    if not isinstance(key, str) or key not in schema.model_fields:
+    if not isinstance(key, str) or _field(schema, key) is None:
         raise RegistrationError(
-            f"event {event!r}: key must name a field of {schema.__qualname__} "
-            f"({', '.join(schema.model_fields)}) or be a function of the payload, not {key!r}"
+            f"event {event!r}: key must name a field of {schema.__qualname__} (a dotted path such as "
+            f"'instance.id' for a nested one: {', '.join(schema.model_fields)}) or be a function of the payload, "
+            f"not {key!r}"
         )
 
 
@@ -289,8 +309,7 @@ def _check_ordering(
         return
     if not ordered:
         raise RegistrationError(f"event {event!r}: version_field needs ordered=True (versions are kept per key)")
-    info = schema.model_fields.get(version_field)
-    annotation = info.annotation if info is not None else None
+    annotation = _field(schema, version_field)
     if not (isinstance(annotation, type) and issubclass(annotation, _VERSION_TYPES)) or issubclass(annotation, bool):
         raise RegistrationError(
             f"event {event!r}: version_field {version_field!r} must be an int, date or datetime field of "

@@ -27,6 +27,16 @@ class OrderSaved(BaseModel):
     status: str = "new"
 
 
+class Snapshot(BaseModel):
+    id: int
+    revision: int
+
+
+class Replicated(BaseModel):
+    instance: Snapshot
+    created: bool
+
+
 class Stamped(BaseModel):
     sku: str
     updated_at: datetime.datetime
@@ -123,6 +133,24 @@ def test_the_stale_guard_skips_an_older_version_of_a_key() -> None:
         ("1", f"i{3 + 2**63:020d}"),
         ("2", f"i{1 + 2**63:020d}"),
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_and_version_may_be_dotted_paths_into_a_model_snapshot() -> None:
+    saved = Signal()
+    broadcaster.broadcast(saved, event="shop.replicated", schema=Replicated, key="instance.id")
+    with capture_broadcasts() as captured:
+        saved.send(sender=None, instance={"id": 9, "revision": 4}, created=False)
+    assert captured[0].envelope.partition_key == "9"
+    applied: list[int] = []
+    local = broadcaster.subscribe("shop.replicated", schema=Replicated, ordered=True, version_field="instance.revision")
+    local.connect(lambda instance, **_: applied.append(instance.revision), weak=False)
+    for revision in (4, 3, 5):
+        body = b'{"instance": {"id": 9, "revision": %d}, "created": false}' % revision
+        assert _deliver("shop.replicated", body, "9") is Action.ACK
+    assert applied == [4, 5]
+    with pytest.raises(RegistrationError, match="must be an int, date or datetime"):
+        broadcaster.subscribe("shop.other", schema=Replicated, ordered=True, version_field="instance.nope")
 
 
 @pytest.mark.django_db(transaction=True)

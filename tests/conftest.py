@@ -146,3 +146,21 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 10) ->
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+# Fixtures that reach the real RabbitMQ or PostgreSQL: a test using one of them, or any
+# test under tests/integration or marked django_db, gets the `broker` marker, so
+# `pytest -m "not broker"` is the broker-free inner loop.
+_BROKER_FIXTURES = frozenset({"broker", "daemon", "rabbit", "service", "db", "transactional_db", "admin_client"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if (
+            "integration" in item.path.parts
+            or fixtures & _BROKER_FIXTURES
+            or item.get_closest_marker("django_db") is not None
+            or item.get_closest_marker("faults") is not None
+        ):
+            item.add_marker(pytest.mark.broker)

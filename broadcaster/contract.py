@@ -89,7 +89,7 @@ class EventContract:
         It is the same for both sides, and what pydantic serializes always validates
         against it (a Decimal is written as a string, which the schema accepts).
         """
-        return self.schema.model_json_schema(mode="validation")
+        return self.schema.model_json_schema(mode="validation", by_alias=True)
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def asyncapi_document(
     """
     models = list(dict.fromkeys(c.schema for c in contracts))  # two events may share a schema class
     refs, definitions = models_json_schema(
-        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
+        [(model, "validation") for model in models], by_alias=True, ref_template="#/components/schemas/{model}"
     )
     schemas: dict[str, Any] = {"CloudEventHeaders": _cloudevent_headers(), **definitions.get("$defs", {})}
     messages = {c.event: _message(c, refs[(c.schema, "validation")]) for c in contracts}

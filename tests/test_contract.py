@@ -18,8 +18,8 @@ from django.dispatch import Signal
 from pydantic import BaseModel, Field
 
 import broadcaster
-from broadcaster import contract
-from broadcaster.contract import EventContract
+from broadcaster import asyncapi, compat, snapshot
+from broadcaster.snapshot import EventContract
 
 REPO = Path(__file__).resolve().parents[1]
 ASYNCAPI_SCHEMA = Path(__file__).resolve().parent / "fixtures" / "asyncapi-3.0.0-subset.schema.json"
@@ -68,7 +68,7 @@ def check(snapshot: Path) -> tuple[str, CommandError | None]:
 def write_snapshot(directory: Path, *contracts: EventContract) -> Path:
     """A snapshot as `export --output` writes it, of schemas that are no longer registered."""
     directory.mkdir()
-    for name, content in contract.export_files(contracts, {}).items():
+    for name, content in snapshot.export_files(contracts, {}).items():
         (directory / name).write_text(json.dumps(content), encoding="utf-8")
     return directory
 
@@ -115,7 +115,7 @@ def test_export_is_a_valid_asyncapi_3_document() -> None:
     assert errors == []
     # The schema cannot see whether references point anywhere; every one must.
     for ref in _refs(document):
-        assert contract._pointer(document, ref), ref
+        assert compat._pointer(document, ref), ref
 
 
 @pytest.mark.usefixtures("registered")
@@ -307,7 +307,7 @@ class MoneyStrictTags(BaseModel):
 
 
 def changes(old: type[BaseModel], new: type[BaseModel]) -> list[tuple[str, str, bool]]:
-    return contract.compare_schemas(old.model_json_schema(), new.model_json_schema())
+    return compat.compare_schemas(old.model_json_schema(), new.model_json_schema())
 
 
 def test_recursive_models_are_compared_once_per_level() -> None:

@@ -1,7 +1,4 @@
-"""The event contract of a service: its events' JSON Schemas, as AsyncAPI 3.0, and what changed.
-
-`collect()` reads the registry once; everything after it is a pure function over JSON
-Schema dicts, so a committed snapshot and the live code compare the same way.
+"""Whether a schema change breaks an event's producers or consumers.
 
 What counts as breaking is kept simple and the same for published and consumed events,
 because in this design both sides import one schema class and deploy at different times:
@@ -24,36 +21,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
-
 from broadcaster.exceptions import ContractError
-from broadcaster.registry import Broadcast, Subscription
+from broadcaster.snapshot import META
 
-__all__ = [
-    "ASYNCAPI_FILE",
-    "Change",
-    "ContractError",
-    "EventContract",
-    "asyncapi_document",
-    "collect",
-    "compare",
-    "compare_schemas",
-    "export_files",
-    "read_snapshot",
-    "schema_document",
-]
+__all__ = ["Change", "compare", "compare_schemas"]
 
 JsonSchema = Mapping[str, Any]
 
-ASYNCAPI_FILE = "asyncapi.json"
-SCHEMA_SUFFIX = ".schema.json"
-JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-META = "x-broadcaster"  # our keyword in each schema file; JSON Schema tools ignore unknown keywords
-AMQP_BINDING_VERSION = "0.3.0"
 ROOT_PATH = "(payload)"
 
 _ALL_TYPES = frozenset({"array", "boolean", "integer", "null", "number", "object", "string"})
@@ -73,26 +49,6 @@ _RESTRICTIONS = ("pattern", "format", "multipleOf", "uniqueItems")
 
 
 @dataclass(frozen=True)
-class EventContract:
-    """One event as this service sees it: its schema and whether it publishes or consumes it."""
-
-    event: str
-    schema: type[BaseModel]
-    schema_version: str
-    published: bool
-    consumed: bool
-
-    @property
-    def json_schema(self) -> dict[str, Any]:
-        """The validation-mode JSON Schema: what the schema class accepts.
-
-        It is the same for both sides, and what pydantic serializes always validates
-        against it (a Decimal is written as a string, which the schema accepts).
-        """
-        return self.schema.model_json_schema(mode="validation", by_alias=True)
-
-
-@dataclass(frozen=True)
 class Change:
     """One difference between the snapshot and the live contract."""
 
@@ -108,210 +64,6 @@ class Change:
         else:
             verdict = "breaking (allowed: major version went up)" if self.allowed else "BREAKING"
         return f"{verdict}: {self.event} {self.path}: {self.what}"
-
-
-def collect(broadcasts: Iterable[Broadcast], subscriptions: Iterable[Subscription]) -> list[EventContract]:
-    """The contracts of the registered broadcasts and subscriptions, sorted by event.
-
-    A service that publishes and consumes one event must use one JSON Schema for both:
-    otherwise it would break its own contract.
-    """
-    published = {item.event: item for item in broadcasts}
-    consumed = {item.event: item for item in subscriptions}
-    contracts = []
-    for event in sorted(published.keys() | consumed.keys()):
-        source = published.get(event) or consumed[event]
-        if event in published and event in consumed:
-            _check_same_schema(published[event], consumed[event])
-        contracts.append(
-            EventContract(event, source.schema, source.schema_version, event in published, event in consumed)
-        )
-    return contracts
-
-
-def _check_same_schema(sent: Broadcast, received: Subscription) -> None:
-    if sent.schema_version != received.schema_version or (
-        sent.schema.model_json_schema() != received.schema.model_json_schema()
-    ):
-        raise ContractError(
-            f"event {sent.event!r} is published with {sent.schema.__qualname__} {sent.schema_version} "
-            f"and consumed with {received.schema.__qualname__} {received.schema_version}; use one schema"
-        )
-
-
-def schema_document(contract: EventContract) -> dict[str, Any]:
-    """The plain JSON Schema file of one event, with our metadata under `x-broadcaster`."""
-    meta = {
-        "event": contract.event,
-        "schemaVersion": contract.schema_version,
-        "published": contract.published,
-        "consumed": contract.consumed,
-    }
-    return {"$schema": JSON_SCHEMA_DIALECT, **contract.json_schema, META: meta}
-
-
-def export_files(contracts: Sequence[EventContract], asyncapi: JsonSchema) -> dict[str, dict[str, Any]]:
-    """File name -> JSON content of a snapshot: the AsyncAPI document and one schema per event."""
-    files = {ASYNCAPI_FILE: dict(asyncapi)}
-    files.update({f"{c.event}{SCHEMA_SUFFIX}": schema_document(c) for c in contracts})
-    return files
-
-
-def read_snapshot(directory: Path) -> dict[str, dict[str, Any]]:
-    """Event -> schema document of every ``*.schema.json`` in `directory`."""
-    if not directory.is_dir():
-        raise ContractError(f"snapshot directory {str(directory)!r} does not exist")
-    documents = {}
-    for path in sorted(directory.glob(f"*{SCHEMA_SUFFIX}")):
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-            event = document[META]["event"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ContractError(f"{path}: not a schema file written by `broadcaster_contract export`") from exc
-        documents[str(event)] = document
-    return documents
-
-
-# --- AsyncAPI --------------------------------------------------------------------------
-
-
-def asyncapi_document(
-    contracts: Sequence[EventContract], *, service: str, exchange: str, queue: str, version: str = "1.0.0"
-) -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of the service's events.
-
-    One channel per event, addressed by its routing key on the topic exchange, where
-    published events are sent; one channel for the service queue, where consumed events
-    are received. Payload schemas live in ``components.schemas``.
-    """
-    models = list(dict.fromkeys(c.schema for c in contracts))  # two events may share a schema class
-    refs, definitions = models_json_schema(
-        [(model, "validation") for model in models], by_alias=True, ref_template="#/components/schemas/{model}"
-    )
-    schemas: dict[str, Any] = {"CloudEventHeaders": _cloudevent_headers(), **definitions.get("$defs", {})}
-    messages = {c.event: _message(c, refs[(c.schema, "validation")]) for c in contracts}
-    channels = {c.event: _event_channel(c, exchange) for c in contracts}
-    operations = {f"{c.event}.send": _operation("send", c.event, c.event) for c in contracts if c.published}
-    received = [c for c in contracts if c.consumed]
-    if received:
-        # A colon never appears in an event name, so this key cannot clash with an event's channel.
-        queue_channel = f"queue:{queue}"
-        channels[queue_channel] = _queue_channel(received, queue)
-        operations.update({f"{c.event}.receive": _operation("receive", queue_channel, c.event) for c in received})
-    return {
-        "asyncapi": "3.0.0",
-        "info": {
-            "title": service,
-            "version": version,
-            "description": f"Events the {service} service publishes and consumes: CloudEvents 1.0 over AMQP 0-9-1 "
-            "in binary content mode (payload JSON as the body, attributes as ce- headers).",
-        },
-        "defaultContentType": "application/json",
-        "channels": channels,
-        "operations": operations,
-        "components": {"schemas": schemas, "messages": messages},
-    }
-
-
-def _event_channel(contract: EventContract, exchange: str) -> dict[str, Any]:
-    return {
-        "address": contract.event,
-        "title": contract.event,
-        "description": f"Routing key {contract.event!r} on the topic exchange {exchange!r}.",
-        "messages": {contract.event: {"$ref": f"#/components/messages/{contract.event}"}},
-        "bindings": {
-            "amqp": {
-                "is": "routingKey",
-                "exchange": {"name": exchange, "type": "topic", "durable": True, "autoDelete": False, "vhost": "/"},
-                "bindingVersion": AMQP_BINDING_VERSION,
-            }
-        },
-    }
-
-
-def _queue_channel(received: Sequence[EventContract], queue: str) -> dict[str, Any]:
-    keys = ", ".join(c.event for c in received)
-    return {
-        "address": queue,
-        "title": queue,
-        "description": f"The service queue, shared by all its instances; bound with the routing keys {keys}.",
-        "messages": {c.event: {"$ref": f"#/components/messages/{c.event}"} for c in received},
-        "bindings": {
-            "amqp": {
-                "is": "queue",
-                "queue": {"name": queue, "durable": True, "exclusive": False, "autoDelete": False, "vhost": "/"},
-                "bindingVersion": AMQP_BINDING_VERSION,
-            }
-        },
-    }
-
-
-def _operation(action: str, channel: str, event: str) -> dict[str, Any]:
-    pointer = channel.replace("~", "~0").replace("/", "~1")
-    operation: dict[str, Any] = {
-        "action": action,
-        "channel": {"$ref": f"#/channels/{pointer}"},
-        "messages": [{"$ref": f"#/channels/{pointer}/messages/{event}"}],
-    }
-    if action == "send":
-        # Persistent messages: delivery is at-least-once, with publisher confirms.
-        operation["bindings"] = {"amqp": {"deliveryMode": 2, "bindingVersion": AMQP_BINDING_VERSION}}
-    else:
-        operation["bindings"] = {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}}
-    return operation
-
-
-def _message(contract: EventContract, payload_ref: JsonSchema) -> dict[str, Any]:
-    doc = (contract.schema.__doc__ or "").strip()
-    message: dict[str, Any] = {
-        "name": contract.event,
-        "title": contract.schema.__name__,
-        "contentType": "application/json",
-        "headers": {
-            "type": "object",
-            "allOf": [
-                {"$ref": "#/components/schemas/CloudEventHeaders"},
-                {
-                    "properties": {
-                        "ce-type": {"const": contract.event},
-                        "ce-schemaversion": {"const": contract.schema_version},
-                    }
-                },
-            ],
-        },
-        "payload": dict(payload_ref),
-        "bindings": {"amqp": {"messageType": contract.event, "bindingVersion": AMQP_BINDING_VERSION}},
-        "x-schema-version": contract.schema_version,
-    }
-    if doc:
-        message["summary"] = doc.splitlines()[0]
-    return message
-
-
-def _cloudevent_headers() -> dict[str, Any]:
-    text = {"type": "string"}
-    return {
-        "type": "object",
-        "description": "CloudEvents 1.0 attributes as AMQP application headers (binary content mode).",
-        "required": ["ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-hops"],
-        "properties": {
-            "ce-specversion": {"type": "string", "const": "1.0"},
-            "ce-id": {**text, "description": "A uuid4, the same on every redelivery."},
-            "ce-source": {**text, "description": "SERVICE_NAME of the producing service."},
-            "ce-type": {**text, "description": "The event type, also the routing key."},
-            "ce-time": {**text, "format": "date-time"},
-            "ce-hops": {**text, "pattern": "^[0-9]+$", "description": "Length of the causation chain."},
-            "ce-subject": {**text, "description": "Label of the signal's sender."},
-            "ce-schemaversion": {**text, "pattern": "^[0-9]+\\.[0-9]+$"},
-            "ce-causationid": {**text, "description": "ce-id of the event whose receiver caused this one."},
-            "ce-traceparent": {**text, "description": "W3C trace context."},
-            "ce-signaturekeyid": text,
-            "ce-signature": {**text, "description": "HMAC-SHA256 of body and attributes, hex."},
-        },
-    }
-
-
-# --- Comparison ------------------------------------------------------------------------
 
 
 def compare(old: Mapping[str, JsonSchema], new: Mapping[str, JsonSchema]) -> list[Change]:

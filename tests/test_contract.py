@@ -18,7 +18,7 @@ from django.dispatch import Signal
 from pydantic import BaseModel, Field
 
 import broadcaster
-from broadcaster import asyncapi, compat, snapshot
+from broadcaster import compat, snapshot
 from broadcaster.snapshot import EventContract
 
 REPO = Path(__file__).resolve().parents[1]

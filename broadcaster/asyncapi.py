@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from broadcaster.snapshot import EventContract
+from broadcaster.snapshot import EventContract, json_schema
 
 __all__ = ["asyncapi_document"]
 
@@ -25,6 +25,8 @@ def asyncapi_document(
     published events are sent; one channel for the service queue, where consumed events
     are received. Payload schemas live in ``components.schemas``.
     """
+    for contract in contracts:
+        json_schema(contract.schema, "validation")  # a schema with no JSON Schema: ContractError naming it
     models = list(dict.fromkeys(c.schema for c in contracts))  # two events may share a schema class
     refs, definitions = models_json_schema(
         [(model, "validation") for model in models], by_alias=True, ref_template="#/components/schemas/{model}"

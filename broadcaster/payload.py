@@ -9,7 +9,12 @@ still get the fields by their Python names.
 serialized form its validation rejects for a reason visible on the class itself: a
 field sent under a key validation does not read, a required field excluded from the
 output, a default its own type rejects (``v: int = None`` sends ``null``), a computed
-field sent to a model that forbids unknown keys.
+field sent to a model that forbids unknown keys. A serializer that changes a value's
+form is visible only through the JSON Schemas (when it declares its return type):
+`serialization_problems()` compares the schema's serialization-mode schema with its own
+validation-mode one, and the system check ``broadcaster.E010`` reports what it finds (a
+system check, not an exception, because it rests on the schema comparison, which may
+be over-strict, and can be silenced).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pydantic_core import PydanticUndefined
 
 from broadcaster.exceptions import RegistrationError
 
-__all__ = ["check_schema", "dump"]
+__all__ = ["check_schema", "dump", "serialization_problems"]
 
 
 def dump(payload: BaseModel) -> bytes:
@@ -46,6 +51,15 @@ def check_schema(schema: type[BaseModel]) -> None:
                 f"{_where(schema, model)}computed field(s) {computed} are sent, but extra='forbid' rejects them "
                 "when the same schema reads the message; allow extra keys or drop the computed field"
             )
+
+
+def serialization_problems(schema: type[BaseModel]) -> list[str]:
+    """What `schema` may send that it would itself reject, by its two JSON Schemas."""
+    from broadcaster.schemacheck import findings  # noqa: PLC0415 - only checks and tools need it
+    from broadcaster.snapshot import json_schema  # noqa: PLC0415 - it imports the registry, which imports us
+
+    sent, accepted = json_schema(schema, "serialization"), json_schema(schema, "validation")
+    return [str(finding) for finding in findings(sent, accepted, writer_is_new=True)]
 
 
 def _where(schema: type[BaseModel], model: type[BaseModel]) -> str:

@@ -1,4 +1,11 @@
-"""The contract snapshot: each event's JSON Schema files, written by `export` and read by `check`.
+"""The contract snapshot: each event's JSON Schemas, written by `export` and read by `check`.
+
+One file per event, ``<event>.schema.json``: at the top level the *validation-mode*
+JSON Schema (what this service's schema accepts, usable by tools in any language), and
+under ``x-broadcaster`` the metadata and the *serialization-mode* schema (what it
+sends), both by alias, the wire form. `read_snapshot()` validates the format
+(``snapshotFormat`` 2; format 1 files, which had no serialization schema, are read with
+the validation schema standing in for it).
 
 `collect()` reads the registry once; everything after it works on plain JSON documents,
 so a committed snapshot and the live code compare the same way.
@@ -7,23 +14,31 @@ so a committed snapshot and the live code compare the same way.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
+from pydantic.errors import PydanticUserError
 
 from broadcaster.exceptions import ContractError
 from broadcaster.registry import Broadcast, Subscription
+from broadcaster.schemacheck import Generator
 
 __all__ = [
     "ASYNCAPI_FILE",
     "META",
     "SCHEMA_SUFFIX",
+    "SNAPSHOT_FORMAT",
     "EventContract",
+    "Meta",
     "collect",
     "export_files",
+    "json_schema",
+    "read_meta",
     "read_snapshot",
     "schema_document",
 ]
@@ -34,6 +49,18 @@ ASYNCAPI_FILE = "asyncapi.json"
 SCHEMA_SUFFIX = ".schema.json"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 META = "x-broadcaster"  # our keyword in each schema file; JSON Schema tools ignore unknown keywords
+SNAPSHOT_FORMAT = 2
+_VERSION = re.compile(r"^\d+\.\d+$")
+
+
+def json_schema(schema: type[BaseModel], mode: Literal["validation", "serialization"]) -> dict[str, Any]:
+    """The JSON Schema of `schema` by alias, as the check compares it; ContractError if it has none."""
+    try:
+        return schema.model_json_schema(mode=mode, by_alias=True, schema_generator=Generator)
+    except PydanticUserError as exc:
+        raise ContractError(
+            f"schema {schema.__qualname__} cannot be written as JSON Schema ({mode} mode): {exc}"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -45,15 +72,52 @@ class EventContract:
     schema_version: str
     published: bool
     consumed: bool
+    upcasters: frozenset[int] = frozenset()  # the older majors a subscription reads through upcasters
+
+    @cached_property
+    def json_schema(self) -> dict[str, Any]:
+        """The validation-mode JSON Schema, by alias: what the schema class accepts."""
+        return json_schema(self.schema, "validation")
+
+    @cached_property
+    def serialization_schema(self) -> dict[str, Any]:
+        """The serialization-mode JSON Schema, by alias: what the producer sends."""
+        return json_schema(self.schema, "serialization")
 
     @property
-    def json_schema(self) -> dict[str, Any]:
-        """The validation-mode JSON Schema: what the schema class accepts.
+    def custom_validators(self) -> bool:
+        """Whether the schema runs code of its own when it validates (invisible to any schema check)."""
+        return _has_functions(self.schema.__pydantic_core_schema__)
 
-        It is the same for both sides, and what pydantic serializes always validates
-        against it (a Decimal is written as a string, which the schema accepts).
-        """
-        return self.schema.model_json_schema(mode="validation", by_alias=True)
+
+def _has_functions(core: object) -> bool:
+    if isinstance(core, dict):
+        kind = core.get("type")
+        if isinstance(kind, str) and kind.startswith("function-"):
+            return True
+        return any(_has_functions(value) for key, value in core.items() if key != "serialization")
+    if isinstance(core, list | tuple):
+        return any(_has_functions(item) for item in core)
+    return False
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a snapshot file says of its event, besides the validation schema."""
+
+    event: str
+    schema_version: str
+    published: bool
+    consumed: bool
+    serialization: JsonSchema
+    upcasters: frozenset[int] = frozenset()
+    custom_validators: bool = False
+    snapshot_format: int = SNAPSHOT_FORMAT
+
+    @property
+    def major(self) -> int:
+        """The major of `schema_version`."""
+        return int(self.schema_version.split(".", 1)[0])
 
 
 def collect(broadcasts: Iterable[Broadcast], subscriptions: Iterable[Subscription]) -> list[EventContract]:
@@ -69,15 +133,16 @@ def collect(broadcasts: Iterable[Broadcast], subscriptions: Iterable[Subscriptio
         source = published.get(event) or consumed[event]
         if event in published and event in consumed:
             _check_same_schema(published[event], consumed[event])
+        upcasters = frozenset(consumed[event].upcasters) if event in consumed else frozenset()
         contracts.append(
-            EventContract(event, source.schema, source.schema_version, event in published, event in consumed)
+            EventContract(event, source.schema, source.schema_version, event in published, event in consumed, upcasters)
         )
     return contracts
 
 
 def _check_same_schema(sent: Broadcast, received: Subscription) -> None:
     if sent.schema_version != received.schema_version or (
-        sent.schema.model_json_schema() != received.schema.model_json_schema()
+        json_schema(sent.schema, "validation") != json_schema(received.schema, "validation")
     ):
         raise ContractError(
             f"event {sent.event!r} is published with {sent.schema.__qualname__} {sent.schema_version} "
@@ -92,6 +157,10 @@ def schema_document(contract: EventContract) -> dict[str, Any]:
         "schemaVersion": contract.schema_version,
         "published": contract.published,
         "consumed": contract.consumed,
+        "upcasters": sorted(contract.upcasters),
+        "customValidators": contract.custom_validators,
+        "snapshotFormat": SNAPSHOT_FORMAT,
+        "serialization": contract.serialization_schema,
     }
     return {"$schema": JSON_SCHEMA_DIALECT, **contract.json_schema, META: meta}
 
@@ -104,15 +173,58 @@ def export_files(contracts: Sequence[EventContract], asyncapi: JsonSchema) -> di
 
 
 def read_snapshot(directory: Path) -> dict[str, dict[str, Any]]:
-    """Event -> schema document of every ``*.schema.json`` in `directory`."""
+    """Event -> schema document of every ``*.schema.json`` in `directory`, each checked by `read_meta`."""
     if not directory.is_dir():
         raise ContractError(f"snapshot directory {str(directory)!r} does not exist")
     documents = {}
     for path in sorted(directory.glob(f"*{SCHEMA_SUFFIX}")):
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
-            event = document[META]["event"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ContractError(f"{path}: not a schema file written by `broadcaster_contract export`") from exc
-        documents[str(event)] = document
+        except (OSError, ValueError) as exc:
+            raise ContractError(f"{path}: cannot be read as JSON: {exc}") from exc
+        try:
+            meta = read_meta(document)
+        except ContractError as exc:
+            raise ContractError(f"{path}: {exc}") from exc
+        if meta.event in documents:
+            raise ContractError(f"{path}: event {meta.event!r} is described by two files")
+        documents[meta.event] = document
     return documents
+
+
+def read_meta(document: object) -> Meta:
+    """The metadata of one schema document, or ContractError saying what is wrong with it."""
+    if not isinstance(document, dict) or not isinstance(document.get(META), dict):
+        raise ContractError(f"not a schema file written by `broadcaster_contract export` (no {META!r} object)")
+    meta = document[META]
+    fmt = meta.get("snapshotFormat", 1)
+    if fmt not in (1, SNAPSHOT_FORMAT):
+        raise ContractError(f"snapshotFormat {json.dumps(fmt)} is not one this version reads (1 or {SNAPSHOT_FORMAT})")
+    expected: dict[str, type | tuple[type, ...]] = {"event": str, "schemaVersion": str, "published": bool}
+    expected |= {"consumed": bool, "upcasters": list, "customValidators": bool, "serialization": dict}
+    for key, kind in expected.items():
+        required = key in ("event", "schemaVersion", "published", "consumed") or fmt >= SNAPSHOT_FORMAT
+        if (key in meta or required) and not isinstance(meta.get(key), kind):
+            raise ContractError(f"{META}.{key} must be a JSON {_kind(kind)}, not {json.dumps(meta.get(key))}")
+    if not _VERSION.match(meta["schemaVersion"]):
+        raise ContractError(f"{META}.schemaVersion must be 'major.minor', not {json.dumps(meta['schemaVersion'])}")
+    upcasters = meta.get("upcasters", [])
+    if not all(isinstance(major, int) and not isinstance(major, bool) and major >= 0 for major in upcasters):
+        raise ContractError(f"{META}.upcasters must list major versions, not {json.dumps(upcasters)}")
+    # A format 1 file kept no serialization schema: the validation schema stands in for it.
+    serialization = meta.get("serialization") or {k: v for k, v in document.items() if k != META}
+    return Meta(
+        meta["event"],
+        meta["schemaVersion"],
+        meta["published"],
+        meta["consumed"],
+        serialization,
+        frozenset(upcasters),
+        meta.get("customValidators", False),
+        fmt,
+    )
+
+
+def _kind(kind: type | tuple[type, ...]) -> str:
+    names = {str: "string", bool: "boolean", list: "array", dict: "object"}
+    return names.get(kind, "value") if isinstance(kind, type) else "value"

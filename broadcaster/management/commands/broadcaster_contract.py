@@ -3,10 +3,13 @@
 `export` prints the AsyncAPI 3.0 document of the events this service publishes and
 consumes, or with ``--output DIR`` writes it and one JSON Schema per event there: that
 directory is the snapshot to commit. `check --snapshot DIR` compares the live schemas
-with it and fails on a breaking change (see `broadcaster.compat` for which are).
+with it, by direction, and fails on a breaking change (see `broadcaster.compat` for
+which are).
 
 Exit codes: 0 when nothing breaks, 1 on a breaking change, 2 when the contract cannot be
-built or the snapshot read. From `call_command` the failures are a `CommandError` whose
+built (a schema pydantic cannot write as JSON Schema, one event published and
+consumed with two schemas) or the snapshot read (a missing directory, a file that is
+not JSON or not in the snapshot format). From `call_command` the failures are a `CommandError` whose
 `returncode` is that code.
 """
 
@@ -77,6 +80,7 @@ class Command(BaseCommand):
         changes = compat.compare(old, new)
         for change in changes:
             self.stdout.write(str(change))
+        self.stdout.write(f"note: {compat.INVISIBLE}")
         summary = _summary(changes, len(old.keys() | new.keys()))
         self.stdout.write(summary)
         if any(change.breaking and not change.allowed for change in changes):

@@ -23,10 +23,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.errors import PydanticUserError
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from broadcaster.exceptions import ContractError
 from broadcaster.registry import Broadcast, Subscription
-from broadcaster.schemacheck import Generator
 
 __all__ = [
     "ASYNCAPI_FILE",
@@ -34,6 +35,7 @@ __all__ = [
     "SCHEMA_SUFFIX",
     "SNAPSHOT_FORMAT",
     "EventContract",
+    "Generator",
     "Meta",
     "collect",
     "export_files",
@@ -51,6 +53,40 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 META = "x-broadcaster"  # our keyword in each schema file; JSON Schema tools ignore unknown keywords
 SNAPSHOT_FORMAT = 2
 _VERSION = re.compile(r"^\d+\.\d+$")
+
+
+class Generator(GenerateJsonSchema):
+    """pydantic's JSON Schema, plus what a compatibility check needs and JSON Schema lacks.
+
+    - a Decimal carries ``x-decimal``: its ``max_digits``, ``decimal_places`` and bounds,
+      exactly (pydantic writes the bounds as floats in validation mode, none at all in
+      serialization mode);
+    - in serialization mode every field is required: the producer always writes them all.
+    """
+
+    def decimal_schema(self, schema: core_schema.DecimalSchema) -> JsonSchemaValue:
+        """The Decimal schema pydantic writes, with its constraints under ``x-decimal``."""
+        json_schema = super().decimal_schema(schema)
+        keys = ("max_digits", "decimal_places", "ge", "gt", "le", "lt", "multiple_of")
+        constraints = {key: _exact(schema[key]) for key in keys if schema.get(key) is not None}  # type: ignore[literal-required]
+        return {**json_schema, "x-decimal": constraints}
+
+    def field_is_required(
+        self,
+        field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,
+        total: bool,
+    ) -> bool:
+        """In serialization mode, every field the producer writes (all of them)."""
+        if self.mode == "serialization":
+            return field.get("serialization_exclude_if") is None
+        return super().field_is_required(field, total)
+
+
+def _exact(value: object) -> object:
+    """A constraint as JSON without losing digits: ints as they are, Decimals as strings."""
+    if isinstance(value, bool | int | float):
+        return value
+    return str(value)
 
 
 def json_schema(schema: type[BaseModel], mode: Literal["validation", "serialization"]) -> dict[str, Any]:

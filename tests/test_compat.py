@@ -332,7 +332,11 @@ LITERALS = st.sets(st.sampled_from(["a", "b", "c", "abcd", 1, 2]), min_size=1).m
     lambda values: Literal[tuple(sorted(values, key=str))]  # type: ignore[misc]
 )
 SCALARS = st.one_of(
-    integer_types(), string_types(), decimal_types(), LITERALS, st.sampled_from([int, float, str, bool, Decimal])
+    integer_types(),
+    string_types(),
+    decimal_types(),
+    LITERALS,
+    st.sampled_from([int, float, str, bool, Decimal, uuid.UUID, datetime, date, Two, Three]),
 )
 TYPES = st.recursive(
     SCALARS,
@@ -349,6 +353,7 @@ SCALAR_VALUES = st.one_of(
     st.integers(-5, 5),
     st.sampled_from([99, 100, 101, 2**63 - 99, 2**63 - 1, 2**63]),
     st.text(alphabet="abcABC", max_size=6),
+    st.sampled_from([UUID, "2026-01-02", "2026-01-02T03:04:05Z"]),
     st.none(),
     st.booleans(),
     st.decimals(min_value=-(10**4), max_value=10**4, places=3),

@@ -71,6 +71,22 @@ class Generator(GenerateJsonSchema):
         constraints = {key: _exact(schema[key]) for key in keys if schema.get(key) is not None}  # type: ignore[literal-required]
         return {**json_schema, "x-decimal": constraints}
 
+    def datetime_schema(self, schema: core_schema.DatetimeSchema) -> JsonSchemaValue:
+        """A datetime, with its bounds and time-zone rule under ``x-constraints``."""
+        return _with_constraints(super().datetime_schema(schema), schema)
+
+    def date_schema(self, schema: core_schema.DateSchema) -> JsonSchemaValue:
+        """A date, with its bounds under ``x-constraints``."""
+        return _with_constraints(super().date_schema(schema), schema)
+
+    def time_schema(self, schema: core_schema.TimeSchema) -> JsonSchemaValue:
+        """A time, with its bounds and time-zone rule under ``x-constraints``."""
+        return _with_constraints(super().time_schema(schema), schema)
+
+    def timedelta_schema(self, schema: core_schema.TimedeltaSchema) -> JsonSchemaValue:
+        """A duration, with its bounds under ``x-constraints``."""
+        return _with_constraints(super().timedelta_schema(schema), schema)
+
     def field_is_required(
         self,
         field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,
@@ -80,6 +96,19 @@ class Generator(GenerateJsonSchema):
         if self.mode == "serialization":
             return field.get("serialization_exclude_if") is None
         return super().field_is_required(field, total)
+
+
+_TEMPORAL = ("gt", "ge", "lt", "le", "tz_constraint", "now_op", "now_utc_offset", "microseconds_precision")
+
+
+def _with_constraints(json_schema: JsonSchemaValue, schema: Mapping[str, Any]) -> JsonSchemaValue:
+    """Add what pydantic checks on a date or time but JSON Schema cannot say.
+
+    The check does not interpret ``x-constraints``: a reader's that the writer does not
+    share exactly is reported as breaking.
+    """
+    constraints = {key: _exact(schema[key]) for key in _TEMPORAL if schema.get(key) not in (None, "truncate")}
+    return {**json_schema, "x-constraints": constraints} if constraints else json_schema
 
 
 def _exact(value: object) -> object:

@@ -14,7 +14,7 @@ import enum
 import itertools
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -22,7 +22,7 @@ import pytest
 from django.dispatch import Signal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, create_model
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, create_model
 
 import broadcaster
 from broadcaster import compat, registry
@@ -115,6 +115,9 @@ PAIRS = [
     Pair("datetime to str", datetime, str),
     Pair("date to datetime", date, datetime),
     Pair("str unchanged", str, str),
+    Pair("datetime bound added", datetime, Annotated[datetime, Field(gt=datetime(2020, 1, 1, tzinfo=UTC))]),
+    Pair("datetime made aware", datetime, AwareDatetime),
+    Pair("duration bound added", timedelta, Annotated[timedelta, Field(le=timedelta(seconds=5))]),
     # integers and floats, bounds exact
     Pair("le raised", i(le=100), i(le=1000)),
     Pair("le lowered", i(le=1000), i(le=100)),
@@ -198,6 +201,7 @@ VALUES: list[Any] = [
     *(0, 1, -1, 2, 3, 4, 6, 99, 100, 101, 1000, 2**63 - 50, 2**63 - 1),
     *(0.5, 1.5, 0.75, 1e20, True, False, None),
     *("", "a", "b", "c", "ABC", "abc", "abcd", "A" * 11, "x" * 101, UUID, "2026-01-02", "2026-01-02T03:04:05Z"),
+    *("2019-01-01T00:00:00Z", "2026-01-02T03:04:05", "PT10S", "PT1S"),
     *(
         Decimal("123.45"),
         Decimal("1234.5"),

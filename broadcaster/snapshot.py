@@ -87,6 +87,14 @@ class Generator(GenerateJsonSchema):
         """A duration, with its bounds under ``x-constraints``."""
         return _with_constraints(super().timedelta_schema(schema), schema)
 
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        """A dict; keys read as another type than text (``dict[int, X]``) are noted in ``x-constraints``."""
+        json_schema = super().dict_schema(schema)
+        keys = schema.get("keys_schema", {}).get("type")
+        if keys in (None, "str", "any"):
+            return json_schema
+        return {**json_schema, "x-constraints": {"keys": keys}}
+
     def field_is_required(
         self,
         field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,

@@ -173,6 +173,7 @@ PAIRS = [
     Pair("list min added", list[int], Annotated[list[int], Field(min_length=1)]),
     Pair("dict values retyped", dict[str, int], dict[str, str]),
     Pair("dict values widened", dict[str, int], dict[str, int | str]),
+    Pair("dict keys read as ints", dict[str, int], dict[int, int]),
     Pair("dict key pattern added", dict[str, int], dict[s(pattern="^a"), int]),
     Pair("dict key pattern dropped", dict[s(pattern="^a"), int], dict[str, int]),
     Pair("dict key length dropped", dict[s(max_length=3), int], dict[str, int]),

@@ -199,6 +199,8 @@ class _Walk:
             if keyword not in r:
                 continue
             limit, sent = r[keyword], w.get(keyword)
+            if keyword == "maxLength" and r.get("format") == "binary" and w.get("format") != "binary":
+                sent = None  # bytes count UTF-8 bytes, a str counts characters: "é" is 1 and 2
             if sent is None or (sent < limit if lower else sent > limit):
                 self.change(path, keyword, "none" if sent is None else json.dumps(sent), json.dumps(limit))
 

@@ -41,8 +41,12 @@ def check_schemas(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any)
             continue  # no JSON Schema to compare: `broadcaster_contract` reports that
         errors += [
             Error(
-                f"{schema.__qualname__} sends what its own validation rejects: {problem}",
-                hint="A serializer's return type must be one the field accepts when the message is read.",
+                f"{schema.__qualname__} sends what its own validation rejects (read -> sent): {problem}",
+                hint=(
+                    "Make the serializer's declared return type one the field accepts when the message is read "
+                    "(PlainSerializer(..., return_type=...)); a Json[...] field needs round_trip serialization. "
+                    "If the comparison is wrong for this schema, add broadcaster.E010 to SILENCED_SYSTEM_CHECKS."
+                ),
                 obj=schema,
                 id="broadcaster.E010",
             )

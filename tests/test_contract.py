@@ -17,10 +17,10 @@ from django.core.checks import run_checks
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.dispatch import Signal
-from pydantic import BaseModel, Field, PlainSerializer, field_validator
+from pydantic import BaseModel, Field, Json, PlainSerializer, field_validator
 
 import broadcaster
-from broadcaster import schemacheck, schemanodes, snapshot
+from broadcaster import payload, schemacheck, schemanodes, snapshot
 from broadcaster.snapshot import EventContract
 
 REPO = Path(__file__).resolve().parents[1]
@@ -514,18 +514,34 @@ def test_identical_schemas_have_no_findings() -> None:
     assert published_findings(Placed, Placed) == consumed_findings(Placed, Placed) == []
 
 
+def _numbered(value: int) -> str:
+    return f"#{value}"
+
+
 class Shouted(BaseModel):
-    count: Annotated[int, PlainSerializer(str, return_type=str)]
+    count: Annotated[int, PlainSerializer(_numbered, return_type=str)]
+
+
+class Embedded(BaseModel):
+    # Sent as the inner value (5), read as a JSON string ("5"): every message rejected.
+    data: Json[int]
 
 
 def test_the_system_check_reports_a_serializer_its_validation_rejects() -> None:
     broadcaster.broadcast(Signal(), event="shop.shouted", schema=Shouted)
+    broadcaster.subscribe("shop.embedded", schema=Embedded)
+    broadcaster.subscribe("shop.placed", schema=Placed)
 
     errors = [error for error in run_checks() if error.id == "broadcaster.E010"]
 
     assert [error.msg for error in errors] == [
-        "Shouted sends what its own validation rejects: count: type integer -> string (changed)"
+        "Embedded sends what its own validation rejects (read -> sent): data: type string -> integer (changed)",
+        "Shouted sends what its own validation rejects (read -> sent): count: type integer -> string (changed)",
     ]
+    # What the check prevents: the message each one sends, rejected by the same schema.
+    for schema, sent in ((Shouted, Shouted(count=5)), (Embedded, Embedded(data="5"))):
+        with pytest.raises(ValueError, match="validation error"):
+            schema.model_validate_json(payload.dump(sent))
 
 
 # --- the example services ------------------------------------------------------------

@@ -21,6 +21,7 @@ without one every old message is dead-lettered, so that is breaking.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +72,7 @@ def compare(old: Mapping[str, JsonSchema], new: Mapping[str, JsonSchema]) -> lis
         else:
             try:
                 changes.extend(_compare_event(event, old[event], new[event]))
-            except (TypeError, AttributeError, ValueError, KeyError, RecursionError) as exc:
+            except (TypeError, AttributeError, ValueError, KeyError, ArithmeticError, RecursionError, re.error) as exc:
                 raise ContractError(f"event {event!r}: the snapshot's schema cannot be compared ({exc!r})") from exc
         if event in old and read_meta(old[event]).snapshot_format < SNAPSHOT_FORMAT:
             what = "the snapshot keeps no serialization schema (format 1): run `export --output` again"

@@ -36,6 +36,7 @@ from broadcaster.exceptions import (
     MessageTooLarge,
     RegistrationError,
 )
+from broadcaster.payload import check_schema
 from broadcaster.settings import get_settings
 
 __all__ = [
@@ -107,7 +108,7 @@ class Broadcast:
             payload = self.schema.__pydantic_validator__.validate_python(data, from_attributes=True)
         except ValidationError as exc:
             raise InvalidPayload(self.event, _describe(exc)) from exc
-        body = self.schema.__pydantic_serializer__.to_json(payload)
+        body = self.schema.__pydantic_serializer__.to_json(payload, by_alias=True)  # the wire form: see payload.py
         if len(body) > settings.max_message_bytes:
             raise MessageTooLarge(self.event, len(body), settings.max_message_bytes)
         return OutboundMessage.draft(
@@ -173,6 +174,7 @@ def broadcast(
     """
     _check_event(event)
     version = _schema_version(schema)
+    check_schema(schema)
     _check_key(event, schema, key)
     if isinstance(sender, str) and not isinstance(signal, ModelSignal):
         raise RegistrationError(f"event {event!r}: a sender given as a string needs a model signal such as post_save")
@@ -226,6 +228,7 @@ def subscribe(
         raise RegistrationError(f"event {event!r}: fanout must be 'service' or 'instance', not {fanout!r}")
     _check_event(event)
     version = _schema_version(schema)
+    check_schema(schema)
     chain = _check_upcasters(event, _major(version), upcasters or {})
     _check_ordering(event, schema, fanout, ordered, version_field)
     if existing := _subscriptions.get(event):

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.envelope import Envelope, OutboundMessage, properties_for
 from broadcaster.exceptions import RejectedMessage
+from broadcaster.payload import dump
 from broadcaster.publisher import use_transport
 from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
@@ -104,6 +105,8 @@ def deliver(
 ) -> Outcome:
     """Deliver one event to this process's subscriptions as the daemon would.
 
+    `payload` is a schema instance (sent by alias, as the producer sends it), a dict
+    already in the wire form (keys are the aliases), or the body as bytes.
     A receiver's exception is raised again, and a message the daemon would dead-letter
     raises RejectedMessage, unless `raise_errors` is false: then the Outcome tells.
     """
@@ -126,7 +129,7 @@ def _body(payload: BaseModel | dict[str, Any] | bytes) -> bytes:
     if isinstance(payload, bytes):
         return payload
     if isinstance(payload, BaseModel):
-        return payload.__pydantic_serializer__.to_json(payload)
+        return dump(payload)
     return json.dumps(payload, default=str).encode()
 
 

@@ -7,19 +7,21 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import jsonschema
 import pytest
+from django.core.checks import run_checks
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.dispatch import Signal
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, Json, PlainSerializer, field_validator
 
 import broadcaster
-from broadcaster import contract
-from broadcaster.contract import EventContract
+from broadcaster import payload, schemacheck, schemanodes, snapshot
+from broadcaster.snapshot import EventContract
 
 REPO = Path(__file__).resolve().parents[1]
 ASYNCAPI_SCHEMA = Path(__file__).resolve().parent / "fixtures" / "asyncapi-3.0.0-subset.schema.json"
@@ -68,13 +70,24 @@ def check(snapshot: Path) -> tuple[str, CommandError | None]:
 def write_snapshot(directory: Path, *contracts: EventContract) -> Path:
     """A snapshot as `export --output` writes it, of schemas that are no longer registered."""
     directory.mkdir()
-    for name, content in contract.export_files(contracts, {}).items():
+    for name, content in snapshot.export_files(contracts, {}).items():
         (directory / name).write_text(json.dumps(content), encoding="utf-8")
     return directory
 
 
 def published(schema: type[BaseModel], event: str = EVENT) -> EventContract:
     return EventContract(event, schema, getattr(schema, "schema_version", "1.0"), published=True, consumed=False)
+
+
+def consumed(schema: type[BaseModel], event: str = EVENT) -> EventContract:
+    return EventContract(event, schema, getattr(schema, "schema_version", "1.0"), published=False, consumed=True)
+
+
+def register(role: str, schema: type[BaseModel], **options: Any) -> None:
+    if role == "published":
+        broadcaster.broadcast(Signal(), event=EVENT, schema=schema)
+    else:
+        broadcaster.subscribe(EVENT, schema=schema, **options)
 
 
 @pytest.fixture
@@ -115,7 +128,7 @@ def test_export_is_a_valid_asyncapi_3_document() -> None:
     assert errors == []
     # The schema cannot see whether references point anywhere; every one must.
     for ref in _refs(document):
-        assert contract._pointer(document, ref), ref
+        assert schemanodes.pointer(document, ref), ref
 
 
 @pytest.mark.usefixtures("registered")
@@ -130,8 +143,18 @@ def test_export_output_writes_a_schema_per_event_and_drops_stale_ones(tmp_path: 
         f"{EVENT}.schema.json",
     ]
     schema = json.loads((tmp_path / f"{EVENT}.schema.json").read_text())
-    assert schema["x-broadcaster"] == {"event": EVENT, "schemaVersion": "1.0", "published": True, "consumed": False}
+    meta = schema["x-broadcaster"]
+    assert {key: meta[key] for key in ("event", "schemaVersion", "published", "consumed", "snapshotFormat")} == {
+        "event": EVENT,
+        "schemaVersion": "1.0",
+        "published": True,
+        "consumed": False,
+        "snapshotFormat": 2,
+    }
     assert schema["properties"]["lines"]["items"] == {"$ref": "#/$defs/Line"}
+    # What the producer sends: in serialization mode every field is always there.
+    assert meta["serialization"]["required"] == ["order_id", "amount", "status", "note", "lines"]
+    jsonschema.Draft202012Validator.check_schema(meta["serialization"])
     jsonschema.Draft202012Validator.check_schema(schema)
     assert "wrote 3 file(s) for 2 event(s)" in printed
 
@@ -169,8 +192,8 @@ def test_check_passes_on_an_added_optional_field(tmp_path: Path) -> None:
     output, error = check(snapshot)
 
     assert error is None
-    assert f"compatible: {EVENT} coupon: new optional field" in output
     assert "0 breaking" in output.splitlines()[-1]
+    assert "note: custom validators (@field_validator, @model_validator" in output
 
 
 class RemovedField(BaseModel):
@@ -216,30 +239,69 @@ class MadeOptional(Placed):
     order_id: int | None  # type: ignore[assignment]
 
 
+class Upper(Placed):
+    note: str = Field(pattern="^[A-Z]+$")
+
+
 @pytest.mark.parametrize(
-    ("schema", "path", "what"),
+    ("role", "old", "new", "path", "what"),
     [
-        (RemovedField, "note", "field removed"),
-        (Retyped, "order_id", "type changed: integer -> string"),
-        (NewRequired, "customer", "new required field"),
-        (EnumNarrowed, "status", 'values removed: "shipped"'),
-        (IntForNumber, "amount", "type narrowed: number -> integer"),
-        (MaxLength, "note", "maxLength none -> <= 10 (narrowed)"),
-        (NestedConstraint, "lines[].quantity", "minimum none -> > 0 (narrowed)"),
-        (MadeOptional, "order_id", "type widened: integer -> integer | null"),
+        ("published", Placed, RemovedField, "note", "field removed, but the old schema requires it"),
+        ("published", Placed, Retyped, "order_id", "type integer -> string (changed)"),
+        ("published", Placed, MadeOptional, "order_id", "type integer -> integer | null (widened)"),
+        (
+            "published",
+            EnumNarrowed,
+            Placed,
+            "status",
+            'values added: ["shipped"], which the old schema rejects (widened)',
+        ),
+        ("published", IntForNumber, Placed, "amount", "type integer -> number (widened)"),
+        ("published", MaxLength, Placed, "note", "maxLength 10 -> none (widened)"),
+        ("published", Upper, Placed, "note", 'pattern "^[A-Z]+$" -> null (widened)'),
+        ("published", NestedConstraint, Placed, "lines[].quantity", "minimum > 0 -> none (widened)"),
+        ("consumed", Placed, NewRequired, "customer", "new required field"),
+        (
+            "consumed",
+            Placed,
+            EnumNarrowed,
+            "status",
+            'values removed: ["shipped"], which the old schema sends (narrowed)',
+        ),
+        ("consumed", Placed, IntForNumber, "amount", "type number -> integer (narrowed)"),
+        ("consumed", Placed, MaxLength, "note", "maxLength none -> 10 (narrowed)"),
+        ("consumed", Placed, Upper, "note", 'pattern null -> "^[A-Z]+$" (narrowed)'),
+        ("consumed", Placed, NestedConstraint, "lines[].quantity", "minimum none -> > 0 (narrowed)"),
     ],
 )
-def test_check_fails_naming_each_breaking_change(tmp_path: Path, schema: type[BaseModel], path: str, what: str) -> None:
-    snapshot = write_snapshot(tmp_path / "snapshot", published(Placed))
-    broadcaster.broadcast(Signal(), event=EVENT, schema=schema)
+def test_check_fails_naming_each_breaking_change(  # noqa: PLR0917 - one parameter per column
+    tmp_path: Path, role: str, old: type[BaseModel], new: type[BaseModel], path: str, what: str
+) -> None:
+    snapshot = write_snapshot(tmp_path / "snapshot", published(old) if role == "published" else consumed(old))
+    register(role, new)
 
     output, error = check(snapshot)
 
     assert error is not None
     assert error.returncode == 1
     assert f"BREAKING: {EVENT} {path}: {what}" in output.splitlines()
-    assert output.splitlines()[-1].startswith("broadcaster_contract: FAILED: 1 event(s), 1 change(s), 1 breaking")
+    assert output.splitlines()[-1].startswith("broadcaster_contract: FAILED: 1 event(s), ")
     assert str(error) == output.splitlines()[-1]
+
+
+@pytest.mark.parametrize(("role", "old", "new"), [("published", Placed, MaxLength), ("consumed", MaxLength, Placed)])
+def test_the_other_direction_is_listed_as_compatible(tmp_path: Path, role: str, old: Any, new: Any) -> None:
+    snapshot = write_snapshot(tmp_path / "snapshot", published(old) if role == "published" else consumed(old))
+    register(role, new)
+
+    output, error = check(snapshot)
+
+    assert error is None
+    kind = "narrowed" if role == "published" else "widened"
+    assert (
+        f"compatible: {EVENT} note: maxLength {'none -> 10' if role == 'published' else '10 -> none'} ({kind})"
+        in output
+    )
 
 
 class NextMajor(RemovedField):
@@ -253,9 +315,40 @@ def test_check_passes_a_breaking_change_when_the_major_version_went_up(tmp_path:
     output, error = check(snapshot)
 
     assert error is None
-    assert f"breaking (allowed: major version went up): {EVENT} note: field removed" in output
-    assert f"compatible: {EVENT} (payload): schema_version 1.0 -> 2.0" in output
-    assert output.splitlines()[-1].endswith("0 breaking, 1 breaking but allowed by a major version bump")
+    assert (
+        f"breaking (allowed: major version went up): {EVENT} note: field removed, but the old schema requires it"
+        in (output)
+    )
+    assert (
+        f"breaking (allowed: major version went up): {EVENT} (payload): schema_version 1.0 -> 2.0: consumers still "
+        f"on major 1 dead-letter the new messages (unsupported-schema-version); every consumer of {EVENT} must "
+        "first deploy a schema of major 2 with upcasters={1: ...} for messages still queued"
+    ) in output
+    assert output.splitlines()[-1].endswith("0 breaking, 2 breaking but allowed by a major version bump")
+
+
+def test_a_consumed_major_bump_needs_an_upcaster_from_the_old_major(tmp_path: Path) -> None:
+    snapshot = write_snapshot(tmp_path / "snapshot", consumed(Placed))
+    register("consumed", NextMajor)
+
+    output, error = check(snapshot)
+
+    assert error is not None
+    assert error.returncode == 1
+    assert (
+        f"BREAKING: {EVENT} (payload): schema_version 1.0 -> 2.0 without an upcaster from major 1: every message a "
+        "producer on major 1 sends is dead-lettered; subscribe with upcasters={1: ...}"
+    ) in output
+
+
+def test_a_consumed_major_bump_with_its_upcaster_passes(tmp_path: Path) -> None:
+    snapshot = write_snapshot(tmp_path / "snapshot", consumed(Placed))
+    register("consumed", NextMajor, upcasters={1: lambda data: data})
+
+    output, error = check(snapshot)
+
+    assert error is None, output
+    assert f"note: {EVENT} (payload): schema_version 1.0 -> 2.0: major 1 messages are read through upcasters" in output
 
 
 def test_check_fails_when_a_published_event_is_gone_but_not_a_consumed_one(tmp_path: Path) -> None:
@@ -277,7 +370,118 @@ def test_check_of_a_missing_snapshot_is_an_error_of_its_own(tmp_path: Path) -> N
     assert "does not exist" in str(error)
 
 
-# --- compare_schemas: the cases the command tests do not reach -----------------------
+# --- errors: exit 2, a clear message, never a traceback -------------------------------
+
+
+def test_check_reads_a_snapshot_of_format_1_with_a_note(tmp_path: Path) -> None:
+    snapshot = write_snapshot(tmp_path / "snapshot", published(Placed))
+    path = snapshot / f"{EVENT}.schema.json"
+    document = json.loads(path.read_text())
+    document["x-broadcaster"] = {
+        key: document["x-broadcaster"][key] for key in ("event", "schemaVersion", "published", "consumed")
+    }
+    path.write_text(json.dumps(document))
+    register("published", Placed)
+
+    output, error = check(snapshot)
+
+    assert error is None, output
+    assert "keeps no serialization schema (format 1): run `export --output` again" in output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "cannot be read as JSON"),
+        ("[]", "not a schema file written by `broadcaster_contract export`"),
+        ('{"x-broadcaster": {"event": 1}}', "x-broadcaster.event must be a JSON string, not 1"),
+        (
+            '{"x-broadcaster": {"event": "e", "schemaVersion": "1", "published": true, "consumed": false}}',
+            "'major.minor'",
+        ),
+        ('{"x-broadcaster": {"snapshotFormat": 9}}', "snapshotFormat 9 is not one this version reads"),
+        (
+            '{"x-broadcaster": {"event": "e", "schemaVersion": "1.0", "published": true, "consumed": false, '
+            '"snapshotFormat": 2}}',
+            "x-broadcaster.upcasters must be a JSON array, not null",
+        ),
+    ],
+)
+def test_a_malformed_snapshot_exits_2_naming_the_file(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "e.schema.json").write_text(content)
+
+    _, error = check(tmp_path)
+
+    assert error is not None
+    assert error.returncode == 2
+    assert "e.schema.json" in str(error)
+    assert message in str(error)
+
+
+def test_a_snapshot_schema_that_cannot_be_compared_exits_2(tmp_path: Path) -> None:
+    snapshot = write_snapshot(tmp_path / "snapshot", published(Placed))
+    path = snapshot / f"{EVENT}.schema.json"
+    document = json.loads(path.read_text())
+    document["properties"]["amount"] = {"$ref": "#/$defs/Nowhere"}
+    path.write_text(json.dumps(document))
+    register("published", Placed)
+
+    _, error = check(snapshot)
+
+    assert error is not None
+    assert error.returncode == 2
+    assert "$ref '#/$defs/Nowhere' points at nothing" in str(error)
+
+
+class Unwritable(BaseModel):
+    callback: Callable[[], None]
+
+
+def test_a_contract_that_cannot_be_built_exits_2(tmp_path: Path) -> None:
+    register("published", Unwritable)
+
+    for action in (["export"], ["check", "--snapshot", str(tmp_path)]):
+        with pytest.raises(CommandError, match=r"schema Unwritable cannot be written as JSON Schema") as caught:
+            call_command("broadcaster_contract", *action, stdout=io.StringIO())
+        assert caught.value.returncode == 2
+
+
+def test_the_command_as_a_process_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "e.schema.json").write_text("{not json")
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "SERVICE_DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "broadcaster_contract", "check", "--snapshot", str(tmp_path)],
+        cwd=REPO / "services" / "orders",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "cannot be read as JSON" in result.stderr
+
+
+class Checked(Placed):
+    @field_validator("note")
+    @classmethod
+    def _no_spaces(cls, value: str) -> str:
+        return value.strip()
+
+
+def test_custom_validators_are_named_as_invisible(tmp_path: Path) -> None:
+    snapshot = write_snapshot(tmp_path / "snapshot", published(Checked))
+    register("published", Checked)
+
+    output, error = check(snapshot)
+
+    assert error is None
+    assert f"note: {EVENT} (payload): has custom validators (@field_validator" in output
+
+
+# --- schemacheck: cases the command tests do not reach ---------------------------------
 
 
 class Node(BaseModel):
@@ -291,36 +495,53 @@ class NodeWithSize(BaseModel):
     size: int
 
 
-class Money(BaseModel):
-    amount: float = Field(ge=0)
-    tags: dict[str, int] = {}
+def published_findings(old: type[BaseModel], new: type[BaseModel]) -> list[str]:
+    sent, accepted = snapshot.json_schema(new, "serialization"), snapshot.json_schema(old, "validation")
+    return [str(found) for found in schemacheck.findings(sent, accepted, writer_is_new=True)]
 
 
-class MoneyRelaxed(BaseModel):
-    amount: float = Field(gt=-1)
-    tags: dict[str, int] = {}
-
-
-class MoneyStrictTags(BaseModel):
-    amount: float = Field(ge=0)
-    tags: dict[str, str] = {}
-
-
-def changes(old: type[BaseModel], new: type[BaseModel]) -> list[tuple[str, str, bool]]:
-    return contract.compare_schemas(old.model_json_schema(), new.model_json_schema())
+def consumed_findings(old: type[BaseModel], new: type[BaseModel]) -> list[str]:
+    sent, accepted = snapshot.json_schema(old, "serialization"), snapshot.json_schema(new, "validation")
+    return [str(found) for found in schemacheck.findings(sent, accepted, writer_is_new=False)]
 
 
 def test_recursive_models_are_compared_once_per_level() -> None:
-    assert changes(Node, NodeWithSize) == [("size", "new required field", True)]
+    assert consumed_findings(Node, NodeWithSize) == ["size: new required field"]
+    assert published_findings(Node, NodeWithSize) == []
 
 
-def test_relaxed_bounds_are_compatible_and_dict_values_are_compared() -> None:
-    assert changes(Money, MoneyRelaxed) == [("amount", "minimum >= 0 -> > -1 (relaxed)", False)]
-    assert changes(Money, MoneyStrictTags) == [("tags.*", "type changed: integer -> string", True)]
+def test_identical_schemas_have_no_findings() -> None:
+    assert published_findings(Placed, Placed) == consumed_findings(Placed, Placed) == []
 
 
-def test_identical_schemas_have_no_changes() -> None:
-    assert changes(Placed, Placed) == []
+def _numbered(value: int) -> str:
+    return f"#{value}"
+
+
+class Shouted(BaseModel):
+    count: Annotated[int, PlainSerializer(_numbered, return_type=str)]
+
+
+class Embedded(BaseModel):
+    # Sent as the inner value (5), read as a JSON string ("5"): every message rejected.
+    data: Json[int]
+
+
+def test_the_system_check_reports_a_serializer_its_validation_rejects() -> None:
+    broadcaster.broadcast(Signal(), event="shop.shouted", schema=Shouted)
+    broadcaster.subscribe("shop.embedded", schema=Embedded)
+    broadcaster.subscribe("shop.placed", schema=Placed)
+
+    errors = [error for error in run_checks() if error.id == "broadcaster.E010"]
+
+    assert [error.msg for error in errors] == [
+        "Embedded sends what its own validation rejects (read -> sent): data: type string -> integer (changed)",
+        "Shouted sends what its own validation rejects (read -> sent): count: type integer -> string (changed)",
+    ]
+    # What the check prevents: the message each one sends, rejected by the same schema.
+    for schema, sent in ((Shouted, Shouted(count=5)), (Embedded, Embedded(data="5"))):
+        with pytest.raises(ValueError, match="validation error"):
+            schema.model_validate_json(payload.dump(sent))
 
 
 # --- the example services ------------------------------------------------------------

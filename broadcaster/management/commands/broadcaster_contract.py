@@ -3,10 +3,13 @@
 `export` prints the AsyncAPI 3.0 document of the events this service publishes and
 consumes, or with ``--output DIR`` writes it and one JSON Schema per event there: that
 directory is the snapshot to commit. `check --snapshot DIR` compares the live schemas
-with it and fails on a breaking change (see `broadcaster.contract` for which are).
+with it, by direction, and fails on a breaking change (see `broadcaster.compat` for
+which are).
 
 Exit codes: 0 when nothing breaks, 1 on a breaking change, 2 when the contract cannot be
-built or the snapshot read. From `call_command` the failures are a `CommandError` whose
+built (a schema pydantic cannot write as JSON Schema, one event published and
+consumed with two schemas) or the snapshot read (a missing directory, a file that is
+not JSON or not in the snapshot format). From `call_command` the failures are a `CommandError` whose
 `returncode` is that code.
 """
 
@@ -18,10 +21,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from broadcaster import contract, registry
-from broadcaster.contract import Change, EventContract
+from broadcaster import asyncapi, compat, registry, snapshot
+from broadcaster.compat import Change
 from broadcaster.exceptions import BroadcasterError
 from broadcaster.settings import get_settings
+from broadcaster.snapshot import EventContract
 from broadcaster.topology import Topology
 
 BREAKING_EXIT = 1
@@ -43,7 +47,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            contracts = contract.collect(registry.broadcasts(), registry.subscriptions().values())
+            contracts = snapshot.collect(registry.broadcasts(), registry.subscriptions().values())
             if options["action"] == "export":
                 self._export(contracts, options["output"], options["api_version"])
             else:
@@ -54,28 +58,29 @@ class Command(BaseCommand):
     def _export(self, contracts: list[EventContract], output: Path | None, version: str) -> None:
         settings = get_settings()
         topology = Topology.for_settings(settings)
-        document = contract.asyncapi_document(
+        document = asyncapi.asyncapi_document(
             contracts, service=settings.service_name, exchange=topology.exchange, queue=topology.queue, version=version
         )
         if output is None:
             self.stdout.write(_dump(document), ending="")
             return
-        files = contract.export_files(contracts, document)
+        files = snapshot.export_files(contracts, document)
         output.mkdir(parents=True, exist_ok=True)
         # An event the service dropped must leave the snapshot too, or `check` would report it forever.
-        for stale in output.glob(f"*{contract.SCHEMA_SUFFIX}"):
+        for stale in output.glob(f"*{snapshot.SCHEMA_SUFFIX}"):
             if stale.name not in files:
                 stale.unlink()
         for name, content in files.items():
             (output / name).write_text(_dump(content), encoding="utf-8")
         self.stdout.write(f"broadcaster_contract: wrote {len(files)} file(s) for {len(contracts)} event(s) to {output}")
 
-    def _check(self, contracts: list[EventContract], snapshot: Path) -> None:
-        old = contract.read_snapshot(snapshot)
-        new = {item.event: contract.schema_document(item) for item in contracts}
-        changes = contract.compare(old, new)
+    def _check(self, contracts: list[EventContract], directory: Path) -> None:
+        old = snapshot.read_snapshot(directory)
+        new = {item.event: snapshot.schema_document(item) for item in contracts}
+        changes = compat.compare(old, new)
         for change in changes:
             self.stdout.write(str(change))
+        self.stdout.write(f"note: {compat.INVISIBLE}")
         summary = _summary(changes, len(old.keys() | new.keys()))
         self.stdout.write(summary)
         if any(change.breaking and not change.allowed for change in changes):

@@ -1,0 +1,147 @@
+"""The payload's wire form: a schema's fields by alias, and schemas whose form cannot travel.
+
+A payload goes on the wire as ``schema.model_dump_json(by_alias=True)`` and is read back
+with ``schema.model_validate_json(body)``, which reads aliases: one form, the one
+pydantic's JSON Schema (``by_alias=True``) and the AsyncAPI document describe. Receivers
+still get the fields by their Python names.
+
+`check_schema()` refuses, at `broadcast()`/`subscribe()` time, a schema whose own
+serialized form its validation rejects for a reason visible on the class itself: a
+field sent under a key validation does not read, a required field excluded from the
+output, a default its own type rejects (``v: int = None`` sends ``null``), a computed
+field sent to a model that forbids unknown keys. A serializer that changes a value's
+form is visible only through the JSON Schemas (when it declares its return type):
+`serialization_problems()` compares the schema's serialization-mode schema with its own
+validation-mode one, and the system check ``broadcaster.E010`` reports what it finds (a
+system check, not an exception, because it rests on the schema comparison, which may
+be over-strict, and can be silenced).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import AliasChoices, AliasPath, BaseModel, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from broadcaster.exceptions import RegistrationError
+
+__all__ = ["check_schema", "dump", "serialization_problems"]
+
+
+def dump(payload: BaseModel) -> bytes:
+    """The JSON body of `payload`, as the producer sends it (by alias)."""
+    return payload.__pydantic_serializer__.to_json(payload, by_alias=True)
+
+
+def check_schema(schema: type[BaseModel]) -> None:
+    """Raise RegistrationError if `schema` sends a form its own validation rejects."""
+    for model in _models(schema):
+        for name, info in model.model_fields.items():
+            problem = _field_problem(model, name, info)
+            if problem:
+                raise RegistrationError(f"{_where(schema, model)}field {name!r}: {problem}")
+        if model.model_config.get("extra") == "forbid" and model.model_computed_fields:
+            computed = ", ".join(sorted(model.model_computed_fields))
+            raise RegistrationError(
+                f"{_where(schema, model)}computed field(s) {computed} are sent, but extra='forbid' rejects them "
+                "when the same schema reads the message; allow extra keys or drop the computed field"
+            )
+
+
+def serialization_problems(schema: type[BaseModel]) -> list[str]:
+    """What `schema` may send that it would itself reject, by its two JSON Schemas."""
+    from broadcaster.schemacheck import findings  # noqa: PLC0415 - only checks and tools need it
+    from broadcaster.snapshot import json_schema  # noqa: PLC0415 - it imports the registry, which imports us
+
+    sent, accepted = json_schema(schema, "serialization"), json_schema(schema, "validation")
+    return [str(finding) for finding in findings(sent, accepted, writer_is_new=True)]
+
+
+def _where(schema: type[BaseModel], model: type[BaseModel]) -> str:
+    inner = "" if model is schema else f" (in {model.__qualname__})"
+    return f"schema {schema.__qualname__}{inner}: "
+
+
+def _field_problem(model: type[BaseModel], name: str, info: FieldInfo) -> str | None:
+    if info.exclude is True:
+        if info.is_required():
+            return "exclude=True on a required field: it is never sent, so every message is rejected"
+        return None
+    key = _sent_key(name, info)
+    if key not in _read_keys(model, name, info):
+        return (
+            f"it is sent as {key!r} (serialization by alias) but read only as "
+            f"{', '.join(repr(k) for k in sorted(_read_keys(model, name, info))) or 'nothing'}; "
+            "give it one alias, or set populate_by_name=True if it is sent by its name"
+        )
+    return _default_problem(info)
+
+
+def _sent_key(name: str, info: FieldInfo) -> str:
+    return info.serialization_alias or info.alias or name
+
+
+def _read_keys(model: type[BaseModel], name: str, info: FieldInfo) -> set[str]:
+    config = model.model_config
+    by_alias = config.get("validate_by_alias", True)
+    by_name = bool(config.get("validate_by_name") or config.get("populate_by_name"))
+    keys = {name} if by_name or not by_alias else set()
+    if not by_alias:
+        return keys
+    aliases: list[Any] = [info.validation_alias or info.alias or name]
+    if isinstance(info.validation_alias, AliasChoices):
+        aliases = list(info.validation_alias.choices)
+    for alias in aliases:
+        if isinstance(alias, str):
+            keys.add(alias)
+        elif isinstance(alias, AliasPath) and len(alias.path) == 1 and isinstance(alias.path[0], str):
+            keys.add(alias.path[0])
+    return keys
+
+
+def _default_problem(info: FieldInfo) -> str | None:
+    """A default that is sent as it is but that the field's own type rejects."""
+    if info.default is PydanticUndefined or info.validate_default:
+        return None
+    try:
+        adapter: TypeAdapter[Any] = TypeAdapter(info.rebuild_annotation())
+        sent = adapter.dump_json(info.default, by_alias=True, warnings=False)
+    except Exception:
+        return None
+    try:
+        adapter.validate_json(sent)
+    except ValidationError as exc:
+        reason = exc.errors(include_url=False)[0]["msg"]
+        return (
+            f"its default is sent as {sent.decode()} but the field rejects it ({reason}); "
+            "make the type optional (`int | None = None`) or the default valid"
+        )
+    return None
+
+
+def _models(schema: type[BaseModel]) -> Iterator[type[BaseModel]]:
+    """`schema` and every model nested in its fields, each once."""
+    seen: set[type[BaseModel]] = set()
+    todo = [schema]
+    while todo:
+        model = todo.pop()
+        if model in seen:
+            continue
+        seen.add(model)
+        yield model
+        for info in model.model_fields.values():
+            todo.extend(_nested(info.annotation))
+
+
+def _nested(annotation: object) -> Iterator[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    if typing.get_origin(annotation) is not None or isinstance(annotation, types.UnionType):
+        for argument in typing.get_args(annotation):
+            yield from _nested(argument)

@@ -6,11 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig
-from django.core.checks import CheckMessage, Error
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
+from django.utils.module_loading import import_string
 
+from broadcaster import reporting
 from broadcaster.settings import validate
 
-__all__ = ["check_settings"]
+__all__ = ["check_error_reports", "check_settings"]
 
 
 def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
@@ -24,6 +27,27 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
             id=problem.check_id,
         )
         for problem in problems
+    ]
+
+
+def check_error_reports(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """broadcaster.W001: Django's error reports would show the broker password (or a key)."""
+    path = settings.DEFAULT_EXCEPTION_REPORTER_FILTER
+    try:
+        configured = import_string(path)
+    except ImportError:
+        configured = None  # Django reports its own setting when it uses it
+    safe = isinstance(configured, type) and issubclass(configured, reporting.SafeExceptionReporterFilter)
+    if safe or not reporting.secrets():
+        return []
+    return [
+        Warning(
+            "the DEBUG page and the error mails to ADMINS would show the broker password: Django hides "
+            "settings by name only, and BROADCASTER['BROKER_URL'] carries its password in the value",
+            hint=f'Set DEFAULT_EXCEPTION_REPORTER_FILTER = "{reporting.FILTER_PATH}" (or a subclass of it).',
+            obj="settings.DEFAULT_EXCEPTION_REPORTER_FILTER",
+            id="broadcaster.W001",
+        )
     ]
 
 

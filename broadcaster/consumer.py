@@ -16,14 +16,13 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pika
 import pika.exceptions
 from django.db import close_old_connections
 
-from broadcaster import connection, observability, publisher
+from broadcaster import connection, failures, observability, publisher
 from broadcaster.connection import describe
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
@@ -35,28 +34,11 @@ __all__ = ["Consumer"]
 
 logger = logging.getLogger(__name__)
 
-ATTEMPT_HEADER = "x-broadcaster-attempt"
 _INBOX_PRUNE_EVERY = 3600.0
-_HEADER = "x-broadcaster-"
-_ERROR_TEXT_LIMIT = 1000
 _CONNECTION_ERRORS = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.AMQPChannelError,
     OSError,
-)
-# Properties copied onto a retried or dead-lettered message. user_id is left out: the
-# broker refuses a publish whose user_id is not the publishing connection's user.
-_COPIED = (
-    "content_type",
-    "content_encoding",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "message_id",
-    "timestamp",
-    "type",
-    "app_id",
-    "cluster_id",
 )
 
 
@@ -185,7 +167,7 @@ class Consumer:
             close_old_connections()
             self._connections_checked = now
         started = time.perf_counter()
-        delivery = _Delivery(topology, method, properties, body, _attempt(properties))
+        delivery = _Delivery(topology, method, properties, body, _attempt(properties, body, self.settings))
         outcome = dispatch(
             properties, body, settings=self.settings, subscriptions=self.subscriptions, attempt=delivery.attempt
         )
@@ -249,28 +231,19 @@ class Consumer:
         return True
 
     def _republish(self, channel: Any, delivery: _Delivery, outcome: Outcome, queue: str) -> None:
-        properties = delivery.properties
-        headers = dict(properties.headers or {})
-        now = datetime.now(UTC).isoformat()
-        headers.setdefault(_HEADER + "routing-key", delivery.method.routing_key)
-        headers.setdefault(_HEADER + "first-failure", now)
-        headers.update(
-            {
-                ATTEMPT_HEADER: delivery.attempt + 1,
-                _HEADER + "attempts": delivery.attempt,
-                _HEADER + "last-failure": now,
-                _HEADER + "reason": outcome.reason,
-                _HEADER + "error": outcome.detail[:_ERROR_TEXT_LIMIT],
-                _HEADER + "exception": outcome.exception,
-                _HEADER + "queue": delivery.topology.queue,
-            }
+        # A sealed copy under our own broker user: the next delivery believes its attempt
+        # count and its original publisher (broadcaster.failures), and nothing else does.
+        props = failures.failure_properties(
+            delivery.properties,
+            delivery.body,
+            self.settings,
+            attempt=delivery.attempt,
+            reason=outcome.reason,
+            error=outcome.detail,
+            exception=outcome.exception,
+            queue=delivery.topology.queue,
+            routing_key=delivery.method.routing_key,
         )
-        if properties.user_id:
-            headers[_HEADER + "user-id"] = properties.user_id
-        copied = {name: getattr(properties, name) for name in _COPIED}
-        # Our own user, which the broker verifies: dispatch trusts x-broadcaster-user-id
-        # only on a message this service's daemon put back (REQUIRE_USER_ID).
-        props = pika.BasicProperties(headers=headers, delivery_mode=2, user_id=self.settings.broker_user, **copied)
         channel.basic_publish(delivery.topology.requeue_exchange, queue, delivery.body, props, mandatory=True)
 
     def _drop_connection(self) -> None:
@@ -307,9 +280,9 @@ class _Delivery:
     attempt: int
 
 
-def _attempt(properties: pika.BasicProperties) -> int:
-    value = (properties.headers or {}).get(ATTEMPT_HEADER, 1)
-    return value if isinstance(value, int) and value >= 1 else 1
+def _attempt(properties: pika.BasicProperties, body: bytes, settings: BroadcasterSettings) -> int:
+    # Only a copy this service sealed may say it is a later attempt.
+    return failures.attempt(properties, body, settings)
 
 
 def _log_dead_letter(outcome: Outcome, delivery: _Delivery) -> None:

@@ -51,7 +51,8 @@ def altered(message: Received, body: bytes | None = None, **headers: str) -> Rec
 def test_signed_event_is_accepted_with_either_key_while_keys_rotate(broker: Broker, settings: Any, key_id: str) -> None:
     message = publish_signed(broker, settings, key_id)
     assert message.headers["ce-signaturekeyid"] == key_id
-    assert len(message.headers["ce-signature"]) == 64
+    scheme, digest = message.headers["ce-signature"].split(":")
+    assert (scheme, len(digest)) == ("v1", 64)
     assert consume(message, settings).action is Action.ACK
 
 

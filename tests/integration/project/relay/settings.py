@@ -18,6 +18,7 @@ if os.environ.get("DB_ENGINE") == "postgresql":
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["DB_PATH"]}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "broadcaster.reporting.SafeExceptionReporterFilter"
 
 BROADCASTER = {
     "SERVICE_NAME": os.environ["SERVICE_NAME"],

@@ -238,11 +238,15 @@ def replay_properties(
     """The properties of a dead letter sent back to the service queue, to start again at attempt 1.
 
     The copy keeps the ``ce-`` headers (the envelope id among them), loses the failure
-    headers ours and the broker's, keeps the original publisher when the dead letter was
-    sealed (else takes its ``user_id``), and is published as this service's user, sealed.
+    headers ours and the broker's, keeps the original publisher and routing key when the
+    dead letter was sealed (else takes its ``user_id`` as the publisher), and is
+    published as this service's user, sealed.
     """
     previous = _verified(properties, body, settings)
-    return _sealed(properties, body, settings, _origin(previous, properties), {ATTEMPT: 1}, keep_broker_headers=False)
+    fresh: dict[str, object] = {ATTEMPT: 1}
+    if previous is not None and isinstance(previous.get(ROUTING_KEY), str):
+        fresh[ROUTING_KEY] = previous[ROUTING_KEY]  # what it first arrived with, for the next dead letter
+    return _sealed(properties, body, settings, _origin(previous, properties), fresh, keep_broker_headers=False)
 
 
 def read(properties: pika.BasicProperties, body: bytes, settings: BroadcasterSettings) -> Record:

@@ -226,11 +226,14 @@ def test_replay_by_event_keeps_the_envelope_and_drops_the_failure_headers(
     replayed = broker.drain(topology.queue)
     assert [message.headers["ce-id"] for message in replayed] == packed_ids
     for message in replayed:
-        # Only what a fresh start needs: attempt 1, sealed (the dead letter had no user_id to carry).
+        # Only what a fresh start needs: attempt 1, the routing key it first came with, sealed
+        # (the dead letter had no user_id to carry).
         assert {name for name in message.headers if name.startswith("x-")} == {
             "x-broadcaster-attempt",
+            "x-broadcaster-routing-key",
             "x-broadcaster-seal",
         }
+        assert message.headers["x-broadcaster-routing-key"] == "warehouse.packed"
         state = failures.trusted_state(message.properties, message.body, get_settings())
         assert state == failures.State(attempt=1, publisher=None)
         assert message.properties.user_id == "guest"  # the replaying connection's user

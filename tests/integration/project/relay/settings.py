@@ -42,6 +42,8 @@ if "RETRY_DELAYS" in os.environ:
     BROADCASTER["RETRY_DELAYS"] = [float(delay) for delay in os.environ["RETRY_DELAYS"].split(",")]
 if "PUBLISH_MODE" in os.environ:
     BROADCASTER["PUBLISH_MODE"] = os.environ["PUBLISH_MODE"]
+if os.environ.get("REQUIRE_USER_ID") == "1":
+    BROADCASTER["REQUIRE_USER_ID"] = True
 
 # Comma-separated wirings from relay.apps.WIRINGS, e.g. "producer" or "ping-to-pong".
 ROLE = os.environ.get("ROLE", "")
@@ -54,3 +56,5 @@ RECEIVER_SLEEP = float(os.environ.get("RECEIVER_SLEEP", "0"))
 KILL_AT = int(os.environ["KILL_AT"]) if "KILL_AT" in os.environ else None
 KILL_WHEN = os.environ.get("KILL_WHEN", "receiver")
 KILL_MARKER = os.environ.get("KILL_MARKER") or f"{RECORD_FILE}.killed"
+# The "flaky" role's receiver raises on its first FAIL_TIMES calls (counted in RECORD_FILE.calls).
+FAIL_TIMES = int(os.environ.get("FAIL_TIMES", "0"))

@@ -10,10 +10,11 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
-from broadcaster import reporting
 from broadcaster.settings import validate
 
-__all__ = ["check_error_reports", "check_settings"]
+__all__ = ["ERROR_REPORTS_ID", "check_error_reports", "check_settings"]
+
+ERROR_REPORTS_ID = "broadcaster.W001"
 
 
 def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
@@ -31,7 +32,14 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 
 
 def check_error_reports(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """broadcaster.W001: Django's error reports would show the broker password (or a key)."""
+    """broadcaster.W001: Django's error reports would show the broker password (or a key).
+
+    Quiet once DEFAULT_EXCEPTION_REPORTER_FILTER is broadcaster.reporting's filter or a
+    subclass of it, or when BROADCASTER holds no password and no key.
+    """
+    # Imported here: Django's error reporting is not needed to load the app.
+    from broadcaster import reporting  # noqa: PLC0415
+
     path = settings.DEFAULT_EXCEPTION_REPORTER_FILTER
     try:
         configured = import_string(path)
@@ -44,9 +52,9 @@ def check_error_reports(app_configs: Sequence[AppConfig] | None = None, **kwargs
         Warning(
             "the DEBUG page and the error mails to ADMINS would show the broker password: Django hides "
             "settings by name only, and BROADCASTER['BROKER_URL'] carries its password in the value",
-            hint=f'Set DEFAULT_EXCEPTION_REPORTER_FILTER = "{reporting.FILTER_PATH}" (or a subclass of it).',
+            hint=_HINTS[ERROR_REPORTS_ID],
             obj="settings.DEFAULT_EXCEPTION_REPORTER_FILTER",
-            id="broadcaster.W001",
+            id=ERROR_REPORTS_ID,
         )
     ]
 
@@ -56,4 +64,6 @@ _HINTS = {
     "broadcaster.E002": "SERVICE_NAME names this service's queue and the source of its events.",
     "broadcaster.E003": "Use amqp://user:password@host:5672/vhost (or amqps://), or set BROADCASTER_BROKER_URL.",
     "broadcaster.E004": "See the settings reference in the README for the keys BROADCASTER accepts.",
+    ERROR_REPORTS_ID: 'Set DEFAULT_EXCEPTION_REPORTER_FILTER = "broadcaster.reporting.SafeExceptionReporterFilter" '
+    "(or a subclass of it).",
 }

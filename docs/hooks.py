@@ -52,6 +52,9 @@ _CHECK_MEANINGS = {
     "broadcaster.E004": "A key that is not a setting (a typo).",
     "broadcaster.E005": "Any other invalid value, including combinations (TLS without `amqps://`, "
     "`SIGNING_KEY_ID` not in `SIGNING_KEYS`, `REQUIRE_SIGNATURES` without keys).",
+    "broadcaster.W001": "A warning: Django's error reports (the DEBUG page, the mails to `ADMINS`) would show "
+    "the broker password, because `DEFAULT_EXCEPTION_REPORTER_FILTER` is not the library's filter "
+    "(see [Security](../security.md#error-reports)).",
 }
 
 # Options every Django command has; the reference lists only the command's own.
@@ -197,6 +200,7 @@ def check_ids() -> list[str]:
         broadcaster_settings._UNKNOWN_KEY_ID,
         broadcaster_settings._INVALID_VALUE_ID,
         *broadcaster_settings._CHECK_IDS.values(),
+        checks.ERROR_REPORTS_ID,
     }
     return sorted(found)
 

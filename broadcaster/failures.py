@@ -40,8 +40,10 @@ __all__ = [
     "Reason",
     "Record",
     "State",
+    "attempt",
     "failure_properties",
     "is_internal",
+    "publisher",
     "read",
     "replay_properties",
     "trusted_state",
@@ -216,8 +218,8 @@ def failure_properties(
     """
     previous = _verified(properties, body, settings)
     at = (now or datetime.now(UTC)).isoformat()
-    first = previous.get(FIRST_FAILURE) if previous else None
-    original_key = previous.get(ROUTING_KEY) if previous else None
+    first = previous.get(FIRST_FAILURE) if previous is not None else None
+    original_key = previous.get(ROUTING_KEY) if previous is not None else None
     failure: dict[str, object] = {
         ATTEMPT: attempt + 1,
         ATTEMPTS: attempt,

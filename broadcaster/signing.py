@@ -44,9 +44,11 @@ def sign(headers: dict[str, str], content_type: str, body: bytes, key: tuple[str
     """Add the key id and the signature of `body` and `headers` to `headers`."""
     key_id, secret = key
     headers[KEY_ID] = key_id
-    # No control-character check here: a causation id comes from a remote event, and the
-    # publisher must not fail on it; a consumer that verifies refuses it instead.
-    signed = _canonical(_attributes(headers, refuse_control=False), content_type, body)
+    # The envelope's own text headers, so no checks: not even for control characters (a
+    # causation id comes from a remote event, and the publisher must not fail on it; a
+    # consumer that verifies refuses it instead).
+    attributes = {name.lower(): value for name, value in headers.items() if name[:3].lower() == "ce-"}
+    signed = _canonical(attributes, content_type, body)
     headers[SIGNATURE] = f"{SCHEME}:{_digest(secret, signed)}"
 
 
@@ -83,7 +85,7 @@ def canonical(headers: Mapping[Any, object], content_type: str, body: bytes) -> 
     Raises RejectedMessage (bad-attribute) for attributes that could be read two ways:
     names equal but for case, control characters, values that are not text.
     """
-    return _canonical(_attributes(headers, refuse_control=True), content_type, body)
+    return _canonical(_attributes(headers), content_type, body)
 
 
 def _canonical(attributes: Mapping[str, str], content_type: str, body: bytes) -> bytes:
@@ -92,7 +94,7 @@ def _canonical(attributes: Mapping[str, str], content_type: str, body: bytes) ->
     return json.dumps(document, ensure_ascii=True, separators=(",", ":")).encode() + b"\n" + body
 
 
-def _attributes(headers: Mapping[Any, object], *, refuse_control: bool = True) -> dict[str, str]:
+def _attributes(headers: Mapping[Any, object]) -> dict[str, str]:
     """The ce- headers, names lower-cased, values as text, exactly as the envelope reads them."""
     attributes: dict[str, str] = {}
     for key, value in headers.items():
@@ -102,7 +104,7 @@ def _attributes(headers: Mapping[Any, object], *, refuse_control: bool = True) -
         if name in attributes:
             raise RejectedMessage(Reason.BAD_ATTRIBUTE, f"attribute {name[:40]!r} appears twice")
         text = attribute_text(name, value)
-        if refuse_control and (_CONTROL.search(name) or _CONTROL.search(text)):
+        if _CONTROL.search(name) or _CONTROL.search(text):
             raise RejectedMessage(Reason.BAD_ATTRIBUTE, f"attribute {name[:40]!r} holds a control character")
         attributes[name] = text
     return attributes

@@ -41,7 +41,10 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def sign(headers: dict[str, str], content_type: str, body: bytes, key: tuple[str, bytes]) -> None:
-    """Add the key id and the signature of `body` and `headers` to `headers`."""
+    """Add the key id and the signature of `body` and `headers` to `headers`.
+
+    `headers` are text, as `Envelope.headers()` makes them; only their ``ce-`` ones are signed.
+    """
     key_id, secret = key
     headers[KEY_ID] = key_id
     # The envelope's own text headers, so no checks: not even for control characters (a

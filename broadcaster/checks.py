@@ -6,11 +6,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig
-from django.core.checks import CheckMessage, Error
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
+from django.utils.module_loading import import_string
 
 from broadcaster.settings import validate
 
-__all__ = ["check_schemas", "check_settings"]
+__all__ = ["ERROR_REPORTS_ID", "check_error_reports", "check_schemas", "check_settings"]
+
+ERROR_REPORTS_ID = "broadcaster.W001"
 
 
 def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
@@ -55,9 +59,39 @@ def check_schemas(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any)
     return errors
 
 
+def check_error_reports(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """broadcaster.W001: Django's error reports would show the broker password (or a key).
+
+    Quiet once DEFAULT_EXCEPTION_REPORTER_FILTER is broadcaster.reporting's filter or a
+    subclass of it, or when BROADCASTER holds no password and no key.
+    """
+    # Imported here: Django's error reporting is not needed to load the app.
+    from broadcaster import reporting  # noqa: PLC0415
+
+    path = settings.DEFAULT_EXCEPTION_REPORTER_FILTER
+    try:
+        configured = import_string(path)
+    except ImportError:
+        configured = None  # Django reports its own setting when it uses it
+    safe = isinstance(configured, type) and issubclass(configured, reporting.SafeExceptionReporterFilter)
+    if safe or not reporting.secrets():
+        return []
+    return [
+        Warning(
+            "the DEBUG page and the error mails to ADMINS would show the broker password: Django hides "
+            "settings by name only, and BROADCASTER['BROKER_URL'] carries its password in the value",
+            hint=_HINTS[ERROR_REPORTS_ID],
+            obj="settings.DEFAULT_EXCEPTION_REPORTER_FILTER",
+            id=ERROR_REPORTS_ID,
+        )
+    ]
+
+
 _HINTS = {
     "broadcaster.E001": 'Add BROADCASTER = {"SERVICE_NAME": "orders"} to your settings.',
     "broadcaster.E002": "SERVICE_NAME names this service's queue and the source of its events.",
     "broadcaster.E003": "Use amqp://user:password@host:5672/vhost (or amqps://), or set BROADCASTER_BROKER_URL.",
     "broadcaster.E004": "See the settings reference in the README for the keys BROADCASTER accepts.",
+    ERROR_REPORTS_ID: 'Set DEFAULT_EXCEPTION_REPORTER_FILTER = "broadcaster.reporting.SafeExceptionReporterFilter" '
+    "(or a subclass of it).",
 }

@@ -28,17 +28,17 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import pika
 import pika.exceptions
 from django.db import close_old_connections, connections
 
-from broadcaster import connection, observability, properties, publisher
+from broadcaster import connection, failures, observability, properties, publisher
 from broadcaster.connection import describe
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
+from broadcaster.failures import Reason
 from broadcaster.registry import Subscription
 from broadcaster.scheduler import AckWindow, Lanes
 from broadcaster.settings import BroadcasterSettings
@@ -49,11 +49,8 @@ __all__ = ["Consumer"]
 
 logger = logging.getLogger(__name__)
 
-ATTEMPT_HEADER = "x-broadcaster-attempt"
 _INBOX_PRUNE_EVERY = 3600.0
 _INBOX_PRUNE_RETRY = 60.0  # after a database error
-_HEADER = "x-broadcaster-"
-_ERROR_TEXT_LIMIT = 1000
 _POLL = 1  # seconds the connection's thread waits for I/O when nothing happens
 _CONNECTION_ERRORS = (
     pika.exceptions.AMQPConnectionError,
@@ -63,20 +60,6 @@ _CONNECTION_ERRORS = (
 # The broker refused a retry or dead-letter copy (a queue deleted under us): reconnecting
 # declares the topology again, and the message, still unacked, comes back.
 _COPY_REFUSED = (pika.exceptions.UnroutableError, pika.exceptions.NackError)
-# Properties copied onto a retried or dead-lettered message. user_id is left out: the
-# broker refuses a publish whose user_id is not the publishing connection's user.
-_COPIED = (
-    "content_type",
-    "content_encoding",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "message_id",
-    "timestamp",
-    "type",
-    "app_id",
-    "cluster_id",
-)
 
 
 class Consumer:
@@ -245,9 +228,8 @@ class Consumer:
             return  # left unacked: the broker redelivers it when the channel closes
         self._submitted += 1
         lane = _lane(props) if topology.in_place_retries else None
-        delivery = _Delivery(
-            topology, channel, method.delivery_tag, method.routing_key, props, body, _attempt(props), lane
-        )
+        attempt = failures.attempt(props, body, self.settings)  # believed only on our own sealed copies
+        delivery = _Delivery(topology, channel, method.delivery_tag, method.routing_key, props, body, attempt, lane)
         self._acks.delivered(method.delivery_tag)
         self._receivers.submit(delivery)
 
@@ -299,28 +281,22 @@ class Consumer:
         return conn is not None and conn.is_open and not self._stop.is_set()
 
     def _republish(self, channel: Any, delivery: _Delivery, finished: _Finished, queue: str) -> None:
-        source, outcome, attempt = delivery.properties, finished.outcome, finished.attempt
-        headers = dict(source.headers or {})
-        now = datetime.now(UTC).isoformat()
-        headers.setdefault(_HEADER + "routing-key", delivery.routing_key)
-        headers.setdefault(_HEADER + "first-failure", now)
-        headers.update(
-            {
-                ATTEMPT_HEADER: attempt + 1,
-                _HEADER + "attempts": attempt,
-                _HEADER + "last-failure": now,
-                _HEADER + "reason": outcome.reason,
-                _HEADER + "error": outcome.detail[:_ERROR_TEXT_LIMIT],
-                _HEADER + "exception": outcome.exception,
-                _HEADER + "queue": delivery.topology.queue,
-            }
+        # A sealed copy under our own broker user: the next delivery believes its attempt
+        # count and its original publisher (broadcaster.failures), and nothing else does.
+        outcome = finished.outcome
+        props = failures.failure_properties(
+            delivery.properties,
+            delivery.body,
+            self.settings,
+            attempt=finished.attempt,
+            reason=outcome.reason,
+            error=outcome.detail,
+            exception=outcome.exception,
+            queue=delivery.topology.queue,
+            routing_key=delivery.routing_key,
         )
-        if source.user_id:
-            headers[_HEADER + "user-id"] = source.user_id
-        copied = {name: getattr(source, name) for name in _COPIED}
-        # Our own user, which the broker verifies: dispatch trusts x-broadcaster-user-id
-        # only on a message this service's daemon put back (REQUIRE_USER_ID).
-        props = pika.BasicProperties(headers=headers, delivery_mode=2, user_id=self.settings.broker_user, **copied)
+        # Headers pika cannot encode again, or that the failure headers push past the frame
+        # size, would make the broker close the connection and the message come back first.
         props = properties.encodable(props, self._frame_max)
         channel.basic_publish(delivery.topology.requeue_exchange, queue, delivery.body, props, mandatory=True)
 
@@ -381,7 +357,7 @@ class Consumer:
         if reason is not None:
             return Outcome(
                 Action.DEAD_LETTER,
-                reason="undecodable",
+                reason=Reason.UNDECODABLE,
                 detail=f"the message's properties cannot be decoded ({reason}); its headers are lost",
             )
         return dispatch(
@@ -425,8 +401,8 @@ def internal_error(exc: BaseException) -> Outcome:
     """The outcome of an exception nobody foresaw while handling a message: a dead letter."""
     return Outcome(
         Action.DEAD_LETTER,
-        reason="internal-error",
-        detail=f"{type(exc).__qualname__}: {exc}"[:_ERROR_TEXT_LIMIT],
+        reason=Reason.INTERNAL_ERROR,
+        detail=f"{type(exc).__qualname__}: {exc}"[: failures.ERROR_TEXT_LIMIT],
         exception=f"{type(exc).__module__}.{type(exc).__qualname__}",
     )
 
@@ -576,11 +552,6 @@ class _Housekeeping:
         self._next_prune = now + _INBOX_PRUNE_EVERY
         if pruned:
             logger.info("consume_signals: pruned %d inbox row(s) older than INBOX_RETENTION", pruned)
-
-
-def _attempt(properties: pika.BasicProperties) -> int:
-    value = (properties.headers or {}).get(ATTEMPT_HEADER, 1)
-    return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1000 else 1
 
 
 def _lane(props: pika.BasicProperties) -> str | None:

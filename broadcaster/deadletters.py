@@ -30,15 +30,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import pika
 import pika.exceptions
 
-from broadcaster import connection, properties
+from broadcaster import connection, failures, properties
 from broadcaster.envelope import STRUCTURED_JSON
 from broadcaster.exceptions import BroadcasterError, BrokerUnavailable, PublishError, QueueNotFound
-from broadcaster.settings import BroadcasterSettings
+from broadcaster.failures import replay_properties
+from broadcaster.settings import BroadcasterSettings, scrub
 
 __all__ = [
     "DeadLetter",
@@ -56,28 +56,7 @@ __all__ = [
 
 PROGRESS_EVERY = 1000
 SETTLE_TIMEOUT = 5.0
-_HEADER = "x-broadcaster-"
 _NOT_FOUND = 404
-_USER_HEADER = _HEADER + "user-id"
-# Failure bookkeeping, ours and the broker's; a replayed message starts afresh without it
-# (no attempt header means attempt 1 to the daemon).
-_FAILURE_HEADERS = (_HEADER, "x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
-# Properties a replayed copy keeps. user_id is left out: the broker refuses a publish whose
-# user_id is not the publishing connection's user.
-_KEPT_PROPERTIES = (
-    "content_type",
-    "content_encoding",
-    "delivery_mode",
-    "priority",
-    "correlation_id",
-    "reply_to",
-    "expiration",
-    "message_id",
-    "timestamp",
-    "type",
-    "app_id",
-    "cluster_id",
-)
 _CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
 
 
@@ -204,7 +183,15 @@ def count(channel: Any, queue: str) -> int:
     return int(declared.method.message_count)
 
 
-def peek(channel: Any, queue: str, *, limit: int, match: Match = EVERYTHING, now: datetime | None = None) -> Listing:
+def peek(
+    channel: Any,
+    queue: str,
+    *,
+    settings: BroadcasterSettings,
+    limit: int,
+    match: Match = EVERYTHING,
+    now: datetime | None = None,
+) -> Listing:
     """Describe up to `limit` dead letters from the head of `queue` that `match`, leaving them all there."""
     total = count(channel, queue)
     budget = min(limit, total) if match.everything else total
@@ -213,7 +200,7 @@ def peek(channel: Any, queue: str, *, limit: int, match: Match = EVERYTHING, now
     try:
         for held in _walk(channel, queue, budget):
             scanned += 1
-            letter = _describe_safely(held, now)
+            letter = _describe_safely(held, settings, now)
             if match(letter):
                 letters.append(letter)
                 if len(letters) >= limit:
@@ -229,10 +216,10 @@ def replay(
     queue: str,
     target: str,
     *,
+    settings: BroadcasterSettings,
     match: Match = EVERYTHING,
     limit: int | None = None,
     progress: Progress | None = None,
-    user: str | None = None,
     exchange: str = "",
     ordered: Mapping[str, str] | None = None,
 ) -> Tally:
@@ -241,9 +228,10 @@ def replay(
     Each copy keeps the body, the properties and the ``ce-`` headers (so the envelope id
     is unchanged) and loses the failure headers, so the daemon starts again at attempt 1.
     Copies go through `exchange` (the service's requeue exchange; the default exchange if
-    empty) with `target` as routing key. `user` is the broker user `channel` authenticates
-    as: copies carry it as user_id, the original publisher staying in
-    x-broadcaster-user-id, so REQUIRE_USER_ID still holds.
+    empty) with `target` as routing key. `channel` must be connected as the service's
+    broker user, with the service's settings: each copy carries that user as user_id and
+    is sealed (`broadcaster.failures.replay_properties`), so the daemon believes the
+    original publisher it carries and REQUIRE_USER_ID still holds.
     `ordered` maps the events of ordered subscriptions to their partition exchange: such
     a copy goes back through it, to the partition of its key, not to the service queue.
     `channel` must be in confirm mode (connect() makes it so). Raises PublishError, after
@@ -253,7 +241,7 @@ def replay(
     partitioned = ordered or {}
 
     def send(properties: pika.BasicProperties, body: bytes) -> None:
-        copy = replay_properties(properties, user)
+        copy = replay_properties(properties, body, settings)
         event = _text((properties.headers or {}).get("ce-type")) or properties.type
         if isinstance(event, str) and event in partitioned:
             channel.basic_publish(partitioned[event], event, body, copy, mandatory=True)
@@ -261,7 +249,14 @@ def replay(
             channel.basic_publish(exchange, target, body, copy, mandatory=True)
 
     return _sweep(
-        channel, queue, match=match, limit=limit, progress=progress, send=send, what=f"replay to queue {target!r}"
+        channel,
+        queue,
+        settings=settings,
+        match=match,
+        limit=limit,
+        progress=progress,
+        send=send,
+        what=f"replay to queue {target!r}",
     )
 
 
@@ -269,6 +264,7 @@ def purge(
     channel: Any,
     queue: str,
     *,
+    settings: BroadcasterSettings,
     match: Match = EVERYTHING,
     limit: int | None = None,
     upto: int | None = None,
@@ -279,38 +275,39 @@ def purge(
     Pass as `upto` the count the operator confirmed, so that dead letters arriving after
     the confirmation are not deleted with the others.
     """
-    return _sweep(channel, queue, match=match, limit=limit, progress=progress, send=None, what="purge", upto=upto)
+    return _sweep(
+        channel,
+        queue,
+        settings=settings,
+        match=match,
+        limit=limit,
+        progress=progress,
+        send=None,
+        what="purge",
+        upto=upto,
+    )
 
 
-def replay_properties(properties: pika.BasicProperties, user: str | None = None) -> pika.BasicProperties:
-    """The properties of a replayed copy: the original's, without the failure headers.
+def describe(
+    properties: pika.BasicProperties, body: bytes, *, settings: BroadcasterSettings, now: datetime | None = None
+) -> DeadLetter:
+    """Read what the consumer (or the broker) wrote about why this message failed.
 
-    The original publisher's user stays in x-broadcaster-user-id, and the copy carries
-    `user` (the replaying connection's), which the daemon then trusts for that header.
+    The consumer's failure headers count only on a copy this service sealed
+    (`broadcaster.failures`); on anything else they are ignored.
     """
-    original = properties.headers or {}
-    headers = {name: value for name, value in original.items() if not name.startswith(_FAILURE_HEADERS)}
-    first_user = original.get(_USER_HEADER) or properties.user_id
-    if first_user is not None:
-        headers[_USER_HEADER] = first_user
-    kept = {name: getattr(properties, name) for name in _KEPT_PROPERTIES}
-    return pika.BasicProperties(headers=headers, user_id=user, **kept)
-
-
-def describe(properties: pika.BasicProperties, body: bytes, *, now: datetime | None = None) -> DeadLetter:
-    """Read what the consumer (or the broker) wrote about why this message failed."""
     headers = properties.headers or {}
     structured = _structured(properties, body)
-    at = _dead_lettered_at(headers)
-    routing_key = _text(headers.get(_HEADER + "routing-key"))
+    record = failures.read(properties, body, settings)
+    at = record.failed_at
     return DeadLetter(
         id=_text(headers.get("ce-id") or properties.message_id or structured.get("id")),
-        event=_text(headers.get("ce-type") or properties.type or structured.get("type") or routing_key),
-        routing_key=routing_key,
-        reason=_text(headers.get(_HEADER + "reason") or _first_death(headers).get("reason")),
-        error=_text(headers.get(_HEADER + "error")),
-        exception=_text(headers.get(_HEADER + "exception")),
-        attempts=_integer(headers.get(_HEADER + "attempts")),
+        event=_text(headers.get("ce-type") or properties.type or structured.get("type") or record.routing_key),
+        routing_key=record.routing_key,
+        reason=record.reason,
+        error=record.error,
+        exception=record.exception,
+        attempts=record.attempts,
         dead_lettered_at=at,
         age=None if at is None else max(0.0, ((now or datetime.now(UTC)) - at).total_seconds()),
         size=len(body),
@@ -320,10 +317,10 @@ def describe(properties: pika.BasicProperties, body: bytes, *, now: datetime | N
 _Send = Callable[[pika.BasicProperties, bytes], None]
 
 
-def _describe_safely(held: _Held, now: datetime | None) -> DeadLetter:
+def _describe_safely(held: _Held, settings: BroadcasterSettings, now: datetime | None) -> DeadLetter:
     """describe(), or what little can be said of a message it cannot read: a walk never stops."""
     try:
-        letter = describe(held.properties, held.body, now=now)
+        letter = describe(held.properties, held.body, settings=settings, now=now)
     except Exception as exc:  # whatever a hostile message makes the reading code raise
         return DeadLetter(
             id=None,
@@ -354,6 +351,7 @@ def _sweep(
     channel: Any,
     queue: str,
     *,
+    settings: BroadcasterSettings,
     match: Match,
     limit: int | None,
     progress: Progress | None,
@@ -369,7 +367,7 @@ def _sweep(
     try:
         for held in _walk(channel, queue, budget):
             scanned += 1
-            letter = _describe_safely(held, None)
+            letter = _describe_safely(held, settings, None)
             if match(letter):
                 stopped = (
                     f"{what} stopped after {done} dead letter(s), at {letter.id}; it and the rest stay in {queue!r}"
@@ -431,38 +429,10 @@ def _structured(properties: pika.BasicProperties, body: bytes) -> Mapping[str, A
     return event if isinstance(event, dict) else {}
 
 
-def _dead_lettered_at(headers: Mapping[str, Any]) -> datetime | None:
-    value = headers.get(_HEADER + "last-failure") or _first_death(headers).get("time")
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    if not isinstance(value, datetime):
-        return None
-    # pika decodes AMQP timestamps as naive datetimes in UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _first_death(headers: Mapping[str, Any]) -> Mapping[str, Any]:
-    # Set by the broker when it dead-lettered the message itself (a quorum queue's
-    # delivery limit), where our own headers are missing.
-    deaths = headers.get("x-death")
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        return deaths[0]
-    return {}
-
-
 def _text(value: object) -> str | None:
     if value is None or value == "":
         return None
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _integer(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _channel_error(settings: BroadcasterSettings, exc: pika.exceptions.ChannelClosedByBroker) -> BroadcasterError:
@@ -475,7 +445,4 @@ def _channel_error(settings: BroadcasterSettings, exc: pika.exceptions.ChannelCl
 def _unreachable(settings: BroadcasterSettings, what: str, exc: BaseException) -> str:
     text = connection.describe(exc)
     # pika's messages do not normally carry the URL, but never risk echoing the password.
-    password = urlsplit(settings.broker_url).password
-    if password:
-        text = text.replace(password, "***")
-    return f"{what} the broker at {settings.redacted_broker_url}: {text}"
+    return f"{what} the broker at {settings.redacted_broker_url}: {scrub(text, settings.broker_url)}"

@@ -17,9 +17,10 @@ from typing import Any
 import pika
 from pydantic import ValidationError
 
-from broadcaster import observability, signing
+from broadcaster import failures, observability, signing
 from broadcaster.envelope import Envelope, IncomingMessage, decode
 from broadcaster.exceptions import HopLimitExceeded, RejectedMessage
+from broadcaster.failures import Reason
 from broadcaster.registry import Subscription, field_value, handling
 from broadcaster.settings import BroadcasterSettings
 
@@ -81,7 +82,7 @@ def dispatch(
         logger.warning("could not read a message: %s: %s", type(exc).__qualname__, exc, exc_info=True)
         return Outcome(
             Action.DEAD_LETTER,
-            reason="internal-error",
+            reason=Reason.INTERNAL_ERROR,
             detail=f"{type(exc).__qualname__}: {exc}"[:_DETAIL_LIMIT],
             exception=_qualified(type(exc)),
         )
@@ -97,48 +98,53 @@ def _verify(
 ) -> tuple[IncomingMessage, Subscription]:
     if len(body) > settings.max_message_bytes:
         raise RejectedMessage(
-            "too-large",
+            Reason.TOO_LARGE,
             f"{len(body)} bytes, more than MAX_MESSAGE_BYTES ({settings.max_message_bytes})",
         )
-    if settings.require_signatures:
-        signing.verify(properties, body, settings)
+    signer = signing.verify(properties, body, settings) if settings.require_signatures else None
     message = decode(properties, body, attempt=attempt)
     envelope = message.envelope
-    if settings.require_user_id and _publisher_user(properties, settings) != envelope.source:
+    if signer is not None and signer != envelope.source:
+        # A structured event carries its source in the body: the key must be that source's.
         raise RejectedMessage(
-            "user-mismatch",
-            f"ce-source {envelope.source[:40]!r} was not published by broker user {envelope.source[:40]!r} "
-            f"(user_id {str(properties.user_id)[:40]!r})",
+            Reason.BAD_SIGNATURE,
+            f"signed with a key of {signer[:40]!r}, but the event's source is {envelope.source[:40]!r}",
         )
+    if settings.require_user_id:
+        _check_publisher(properties, body, settings, envelope)
     subscription = subscriptions.get(envelope.type)
     if subscription is None:
-        raise RejectedMessage("unknown-event", f"no subscription for event type {envelope.type!r}")
+        raise RejectedMessage(Reason.UNKNOWN_EVENT, f"no subscription for event type {envelope.type!r}")
     if subscription.sources is not None and envelope.source not in subscription.sources:
         raise RejectedMessage(
-            "unexpected-source",
+            Reason.UNEXPECTED_SOURCE,
             f"{envelope.type!r} is accepted only from {', '.join(sorted(subscription.sources))}, "
             f"not from {envelope.source[:40]!r}",
         )
     if envelope.hops > settings.max_hops:
         raise RejectedMessage(
-            "hop-limit",
+            Reason.HOP_LIMIT,
             f"event travelled {envelope.hops} hops, more than MAX_HOPS ({settings.max_hops})",
         )
     return message, subscription
 
 
-def _publisher_user(properties: pika.BasicProperties, settings: BroadcasterSettings) -> str | None:
-    """The broker-verified user that first published this message.
+def _check_publisher(
+    properties: pika.BasicProperties, body: bytes, settings: BroadcasterSettings, envelope: Envelope
+) -> None:
+    """REQUIRE_USER_ID: the broker user that first published the event must be its source.
 
-    A retried or replayed message was put back by this service's own daemon, under its
-    own user; only then is the original user in x-broadcaster-user-id to be believed.
+    On a copy this service sealed (a retry, a dead letter, a replay) that user is the
+    sealed one; on anything else it is the message's own broker-validated user_id.
     """
-    if properties.user_id == settings.broker_user:
-        original = (properties.headers or {}).get("x-broadcaster-user-id")
-        if isinstance(original, str):
-            return original
-    user: str | None = properties.user_id
-    return user
+    user = failures.publisher(properties, body, settings)
+    if user != envelope.source:
+        published = "without a broker-validated user_id" if user is None else f"by broker user {user[:40]!r}"
+        raise RejectedMessage(
+            Reason.USER_MISMATCH,
+            f"ce-source {envelope.source[:40]!r} needs broker user {envelope.source[:40]!r}; "
+            f"it was published {published}",
+        )
 
 
 def _major(envelope: Envelope, subscription: Subscription) -> int:
@@ -152,7 +158,7 @@ def _major(envelope: Envelope, subscription: Subscription) -> int:
     if major is None or major > subscription.major or missing:
         why = f"no upcaster from major version {missing[0]}" if missing else f"it reads major {subscription.major}"
         raise RejectedMessage(
-            "unsupported-schema-version",
+            Reason.UNSUPPORTED_SCHEMA_VERSION,
             f"schema version {version[:20]!r} of {envelope.type!r} cannot be read by this service ({why})",
         )
     return major
@@ -173,9 +179,9 @@ def _validate(subscription: Subscription, message: IncomingMessage) -> dict[str,
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if errors and errors[0]["type"] == "json_invalid":
-            raise RejectedMessage("not-json", f"body is not valid JSON: {errors[0]['msg']}") from exc
+            raise RejectedMessage(Reason.NOT_JSON, f"body is not valid JSON: {errors[0]['msg']}") from exc
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(payload)'}: {e['msg']}" for e in errors[:10])
-        raise RejectedMessage("schema-violation", f"{subscription.event}: {detail}") from exc
+        raise RejectedMessage(Reason.SCHEMA_VIOLATION, f"{subscription.event}: {detail}") from exc
     return {name: getattr(payload, name) for name in type(payload).model_fields}
 
 
@@ -186,9 +192,9 @@ def _parse(data: bytes | object) -> object:
     try:
         return json.loads(data, parse_float=Decimal)
     except (ValueError, RecursionError) as exc:
-        raise RejectedMessage("not-json", f"body is not valid JSON: {exc}") from exc
+        raise RejectedMessage(Reason.NOT_JSON, f"body is not valid JSON: {exc}") from exc
     except ArithmeticError as exc:  # decimal.InvalidOperation: an exponent past what Decimal holds
-        raise RejectedMessage("not-json", "body has a number too large to represent") from exc
+        raise RejectedMessage(Reason.NOT_JSON, "body has a number too large to represent") from exc
 
 
 def _upcast(subscription: Subscription, major: int, data: bytes | object) -> object:
@@ -196,13 +202,15 @@ def _upcast(subscription: Subscription, major: int, data: bytes | object) -> obj
     data = _parse(data)
     for version in range(major, subscription.major):
         if not isinstance(data, dict):
-            raise RejectedMessage("schema-violation", f"{subscription.event}: a v{version} payload is not an object")
+            raise RejectedMessage(
+                Reason.SCHEMA_VIOLATION, f"{subscription.event}: a v{version} payload is not an object"
+            )
         try:
             data = subscription.upcasters[version](data)
         except Exception as exc:
             # An upcaster that fails on this payload fails on every retry too.
             raise RejectedMessage(
-                "upcast-failed", f"upcaster from v{version} raised {type(exc).__qualname__}: {exc}"
+                Reason.UPCAST_FAILED, f"upcaster from v{version} raised {type(exc).__qualname__}: {exc}"
             ) from exc
     return data
 
@@ -235,7 +243,7 @@ def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]
         return Outcome(Action.DEAD_LETTER, envelope, exc.reason, exc.detail)
     except HopLimitExceeded as exc:
         # Retrying a cycle only repeats it.
-        return Outcome(Action.DEAD_LETTER, envelope, "hop-limit", str(exc), _qualified(type(exc)))
+        return Outcome(Action.DEAD_LETTER, envelope, Reason.HOP_LIMIT, str(exc), _qualified(type(exc)))
     except Exception as exc:
         logger.warning(
             "receiver failed for %s %s (attempt %d): %s: %s",
@@ -246,7 +254,7 @@ def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]
             exc,
             exc_info=True,
         )
-        return Outcome(Action.RETRY, envelope, "receiver-error", str(exc), _qualified(type(exc)), exc)
+        return Outcome(Action.RETRY, envelope, Reason.RECEIVER_ERROR, str(exc), _qualified(type(exc)), exc)
     return Outcome(Action.ACK, envelope, skipped=not applied)
 
 

@@ -21,8 +21,17 @@ from typing import Any
 import pika
 
 from broadcaster.exceptions import RejectedMessage
+from broadcaster.failures import Reason
 
-__all__ = ["Envelope", "IncomingMessage", "OutboundMessage", "decode", "envelope_from_headers", "properties_for"]
+__all__ = [
+    "Envelope",
+    "IncomingMessage",
+    "OutboundMessage",
+    "attribute_text",
+    "decode",
+    "envelope_from_headers",
+    "properties_for",
+]
 
 SPECVERSION = "1.0"
 JSON = "application/json"
@@ -259,7 +268,7 @@ def decode(properties: pika.BasicProperties, body: bytes, *, attempt: int = 1) -
         attributes, data = _binary(properties.headers or {}), body
     else:
         raise RejectedMessage(
-            "content-type",
+            Reason.CONTENT_TYPE,
             f"content type {properties.content_type!r} is not accepted; only JSON CloudEvents are",
         )
     return IncomingMessage(_envelope(attributes, attempt), data)
@@ -268,7 +277,7 @@ def decode(properties: pika.BasicProperties, body: bytes, *, attempt: int = 1) -
 def _media_type(content_type: object) -> str:
     # A missing content type is read as JSON: other CloudEvents producers omit it.
     if isinstance(content_type, bytes):  # pika hands over a short string that is not UTF-8 as bytes
-        raise RejectedMessage("content-type", f"content type {content_type[:40]!r} is not UTF-8")
+        raise RejectedMessage(Reason.CONTENT_TYPE, f"content type {content_type[:40]!r} is not UTF-8")
     return str(content_type or JSON).split(";", 1)[0].strip().lower()
 
 
@@ -277,57 +286,58 @@ def _binary(headers: Mapping[str, Any]) -> dict[str, str]:
     for key, value in headers.items():
         name = str(key).lower()
         if name.startswith("ce-"):
-            attributes[name[3:]] = _text(name, value)
+            attributes[name[3:]] = attribute_text(name, value)
     return attributes
 
 
-def _text(name: str, value: object) -> str:
+def attribute_text(name: str, value: object) -> str:
+    """The text of the ``ce-`` header `name`, as the envelope reads it; RejectedMessage if it has none."""
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise RejectedMessage("bad-attribute", f"header {name!r} is not UTF-8") from exc
+            raise RejectedMessage(Reason.BAD_ATTRIBUTE, f"header {name!r} is not UTF-8") from exc
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**18:
         return str(value)
-    raise RejectedMessage("bad-attribute", f"header {name!r} is a {type(value).__name__}, not a string")
+    raise RejectedMessage(Reason.BAD_ATTRIBUTE, f"header {name!r} is a {type(value).__name__}, not a string")
 
 
 def _structured(body: bytes) -> tuple[dict[str, str], object]:
     try:
         document = json.loads(body, parse_float=Decimal)
     except (ValueError, RecursionError) as exc:
-        raise RejectedMessage("not-json", f"structured CloudEvent is not valid JSON: {exc}") from exc
+        raise RejectedMessage(Reason.NOT_JSON, f"structured CloudEvent is not valid JSON: {exc}") from exc
     except ArithmeticError as exc:  # decimal.InvalidOperation: an exponent past what Decimal holds
-        raise RejectedMessage("not-json", "structured CloudEvent has a number too large to represent") from exc
+        raise RejectedMessage(Reason.NOT_JSON, "structured CloudEvent has a number too large to represent") from exc
     if not isinstance(document, dict):
-        raise RejectedMessage("not-json", "structured CloudEvent is not a JSON object")
+        raise RejectedMessage(Reason.NOT_JSON, "structured CloudEvent is not a JSON object")
     data: object = document.pop("data", None)
     if "data_base64" in document:
         data = _base64(document.pop("data_base64"))
     content_type = document.pop("datacontenttype", None)
     if content_type is not None and not isinstance(content_type, str):
-        raise RejectedMessage("content-type", f"datacontenttype is a {type(content_type).__name__}, not a string")
+        raise RejectedMessage(Reason.CONTENT_TYPE, f"datacontenttype is a {type(content_type).__name__}, not a string")
     media = _media_type(content_type)
     if media not in _JSON_TYPES:
-        raise RejectedMessage("content-type", f"datacontenttype {media!r} is not JSON")
-    return {str(key): _text(str(key), value) for key, value in document.items()}, data
+        raise RejectedMessage(Reason.CONTENT_TYPE, f"datacontenttype {media!r} is not JSON")
+    return {str(key): attribute_text(str(key), value) for key, value in document.items()}, data
 
 
 def _base64(value: object) -> bytes:
     try:
         return base64.b64decode(str(value), validate=True)
     except ValueError as exc:
-        raise RejectedMessage("not-json", "data_base64 is not valid base64") from exc
+        raise RejectedMessage(Reason.NOT_JSON, "data_base64 is not valid base64") from exc
 
 
 def _envelope(attributes: dict[str, str], attempt: int) -> Envelope:
     missing = [name for name in _REQUIRED if not attributes.get(name)]
     if missing:
-        raise RejectedMessage("bad-attribute", "missing CloudEvents attribute(s): " + ", ".join(missing))
+        raise RejectedMessage(Reason.BAD_ATTRIBUTE, "missing CloudEvents attribute(s): " + ", ".join(missing))
     if attributes["specversion"] != SPECVERSION:
-        raise RejectedMessage("bad-attribute", f"specversion {attributes['specversion']!r} is not 1.0")
+        raise RejectedMessage(Reason.BAD_ATTRIBUTE, f"specversion {attributes['specversion']!r} is not 1.0")
     return Envelope(
         id=attributes["id"],
         source=attributes["source"],
@@ -349,7 +359,7 @@ def _parse_time(value: str | None) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise RejectedMessage("bad-attribute", f"ce-time {value!r} is not RFC 3339") from exc
+        raise RejectedMessage(Reason.BAD_ATTRIBUTE, f"ce-time {value!r} is not RFC 3339") from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
@@ -357,5 +367,5 @@ def _parse_hops(value: str | None) -> int:
     if value is None:
         return 0
     if not (value.isascii() and value.isdigit()) or len(value) > 6:
-        raise RejectedMessage("bad-attribute", f"ce-hops {value[:20]!r} is not a small whole number")
+        raise RejectedMessage(Reason.BAD_ATTRIBUTE, f"ce-hops {value[:20]!r} is not a small whole number")
     return int(value)

@@ -12,14 +12,23 @@ import re
 import socket
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from django.conf import settings as django_settings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from broadcaster.exceptions import ConfigurationError
 
-__all__ = ["BroadcasterSettings", "SettingProblem", "get_settings", "reset", "validate"]
+__all__ = [
+    "BroadcasterSettings",
+    "SettingProblem",
+    "broker_passwords",
+    "get_settings",
+    "redact_url",
+    "reset",
+    "scrub",
+    "validate",
+]
 
 BROKER_URL_ENV = "BROADCASTER_BROKER_URL"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -134,6 +143,14 @@ class BroadcasterSettings(BaseModel):
         alias="REQUIRE_USER_ID",
         description="Dead-letter incoming events whose broker-validated user_id is not their ce-source.",
     )
+    seal_keys: tuple[SecretStr, ...] = Field(
+        (),
+        alias="SEAL_KEYS",
+        repr=False,
+        description="Secrets that seal the failure headers of retried, dead-lettered and replayed messages; "
+        "the first seals, all verify. SECRET_KEY and SECRET_KEY_FALLBACKS if empty. Every instance of the "
+        "service and its dead_letters tool must share them.",
+    )
     instance_id: str | None = Field(
         None,
         alias="INSTANCE_ID",
@@ -245,14 +262,48 @@ class BroadcasterSettings(BaseModel):
 
 
 def redact_url(url: str) -> str:
-    """Return `url` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = quote(unquote(parts.username or ""), safe="")
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()
+    """Return `url` with the password of every URL in it replaced by ``***``.
+
+    `url` may hold several URLs separated by ``;`` (a cluster); each is redacted. The
+    user part is taken up to the last ``@`` of each URL, so a password with an unescaped
+    ``/``, ``#`` or ``@`` is hidden whole rather than cut where a URL parser would cut it.
+    """
+    return ";".join(_redact_one(part) for part in url.split(";"))
+
+
+def broker_passwords(url: str) -> tuple[str, ...]:
+    """Every password in `url` (one URL or several separated by ``;``), as written and unquoted."""
+    found: list[str] = []
+    for part in url.split(";"):
+        _, password, _ = _userinfo(part)
+        if password:
+            found += [password, unquote(password)]
+    # Longest first, so that a password containing another is replaced whole.
+    return tuple(sorted(set(found), key=len, reverse=True))
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` with every password of `url` replaced by ``***`` (for messages that may echo one)."""
+    for password in broker_passwords(url):
+        text = text.replace(password, "***")
+    return text
+
+
+def _userinfo(url: str) -> tuple[str, str | None, str]:
+    """(what comes before the password, the password or None, what comes after it)."""
+    scheme, separator, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not separator or at < 0:
+        return url, None, ""
+    user, colon, password = rest[:at].partition(":")
+    if not colon:
+        return url, None, ""
+    return f"{scheme}://{user}:", password, rest[at:]
+
+
+def _redact_one(url: str) -> str:
+    before, password, after = _userinfo(url)
+    return url if password is None else f"{before}***{after}"
 
 
 @dataclass(frozen=True)
@@ -269,7 +320,7 @@ _CHECK_IDS = {"SERVICE_NAME": "broadcaster.E002", "BROKER_URL": "broadcaster.E00
 _UNKNOWN_KEY_ID = "broadcaster.E004"
 _INVALID_VALUE_ID = "broadcaster.E005"
 _NOT_A_DICT_ID = "broadcaster.E001"
-_SECRET_KEYS = frozenset({"BROKER_URL", "SIGNING_KEYS"})
+_SECRET_KEYS = frozenset({"BROKER_URL", "SIGNING_KEYS", "SEAL_KEYS"})
 
 _cached: BroadcasterSettings | None = None
 

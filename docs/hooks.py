@@ -4,23 +4,25 @@ A page asks for a generated block with a marker comment on a line of its own:
 
 - ``<!-- generate: settings -->``: every field of `BroadcasterSettings` (alias, type, default, description);
 - ``<!-- generate: checks -->``: the system check ids and what each reports;
-- ``<!-- generate: reasons -->``: the dead-letter reason codes found in the code, each with its meaning;
+- ``<!-- generate: reasons -->``: the dead-letter reason codes (`Reason`), each with its docstring;
 - ``<!-- generate: commands -->``: every management command with its options, from its argparse parser;
 - ``<!-- generate: exceptions -->``: the exception hierarchy from `broadcaster.exceptions`;
 - ``<!-- include: PATH -->``: a file of the repository (CHANGELOG.md), verbatim;
 - ``<!-- include-if-present: PATH -->``: the same, or a short note while the file does not exist.
 
-A marker nobody handles, or a reason code without a meaning here, fails the build.
+A marker nobody handles, or a reason code without a docstring, fails the build.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import re
+import textwrap
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from pydantic_core import PydanticUndefined
 
 from broadcaster import checks, exceptions
 from broadcaster import settings as broadcaster_settings
+from broadcaster.failures import Reason
 from broadcaster.settings import BroadcasterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,32 +45,6 @@ _MISSING = (
     "The repository has no `{name}` yet: report vulnerabilities privately to the maintainers, not in a public issue.\n"
 )
 
-# What each dead-letter reason means. The codes themselves are read from the code
-# (`_reason_codes`); a code missing here, or listed here but gone from the code, fails the build.
-REASONS = {
-    "not-json": "The body (or a structured event) is not valid JSON, or `data_base64` is not base64.",
-    "content-type": "The content type is not JSON (for example a pickle); the body is never parsed.",
-    "bad-attribute": "A required CloudEvents attribute is missing or malformed "
-    "(`ce-id`, `ce-source`, `ce-type`, `ce-specversion` other than 1.0, `ce-time`, `ce-hops`, a non-UTF-8 header).",
-    "too-large": "The body is larger than `MAX_MESSAGE_BYTES`.",
-    "unsigned": "`REQUIRE_SIGNATURES` is on and the message carries no signature.",
-    "unknown-key": "The signature's key id is not in `SIGNING_KEYS` for the event's `ce-source`.",
-    "bad-signature": "The body or an attribute changed after signing, or another key signed it.",
-    "user-mismatch": "`REQUIRE_USER_ID` is on and the broker-validated `user_id` is not the event's `ce-source`.",
-    "unexpected-source": "The subscription names its `sources` and the event's `ce-source` is not one of them.",
-    "unknown-event": "This service has no subscription for the event type (a stale binding, or a replayed message).",
-    "hop-limit": "The causation chain is longer than `MAX_HOPS`: receivers broadcast each other's events in a cycle.",
-    "unsupported-schema-version": "A newer major version than the subscription reads, "
-    "or an older one without an upcaster.",
-    "upcast-failed": "An upcaster raised on the payload.",
-    "schema-violation": "The payload does not validate against the subscription's schema.",
-    "receiver-error": "A receiver raised on every attempt (`RETRY_DELAYS` plus one); the last exception is kept.",
-    "undecodable": "pika cannot decode the message's properties (a timestamp past year 9999, tables nested "
-    "past the recursion limit); the body is kept, the headers are lost.",
-    "internal-error": "An exception nobody foresaw on the way to the receivers (a schema's own validator raising "
-    "something other than `ValueError`, an upcaster bug); its type and message are kept.",
-}
-
 _CHECK_MEANINGS = {
     "broadcaster.E001": "`BROADCASTER` is missing or not a dict.",
     "broadcaster.E002": "`SERVICE_NAME` is missing or not a valid name.",
@@ -75,6 +52,9 @@ _CHECK_MEANINGS = {
     "broadcaster.E004": "A key that is not a setting (a typo).",
     "broadcaster.E005": "Any other invalid value, including combinations (TLS without `amqps://`, "
     "`SIGNING_KEY_ID` not in `SIGNING_KEYS`, `REQUIRE_SIGNATURES` without keys).",
+    "broadcaster.W001": "A warning: Django's error reports (the DEBUG page, the mails to `ADMINS`) would show "
+    "the broker password, because `DEFAULT_EXCEPTION_REPORTER_FILTER` is not the library's filter "
+    "(see [Security](../security.md#error-reports)).",
 }
 
 # Options every Django command has; the reference lists only the command's own.
@@ -220,6 +200,7 @@ def check_ids() -> list[str]:
         broadcaster_settings._UNKNOWN_KEY_ID,
         broadcaster_settings._INVALID_VALUE_ID,
         *broadcaster_settings._CHECK_IDS.values(),
+        checks.ERROR_REPORTS_ID,
     }
     return sorted(found)
 
@@ -238,38 +219,26 @@ def _checks_table() -> str:
 # --- dead-letter reasons -------------------------------------------------------------------
 
 
-def reason_codes() -> set[str]:
-    """The reason codes the library writes to ``x-broadcaster-reason``, read from its source."""
-    codes: set[str] = set()
-    for path in sorted((ROOT / "broadcaster").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Call):
-                codes.update(_reason_of(node))
-    return codes
-
-
-def _reason_of(call: ast.Call) -> Iterator[str]:
-    name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
-    # RejectedMessage("reason", detail) and Outcome(action, envelope, "reason", ...) or reason="...".
-    position = {"RejectedMessage": 0, "Outcome": 2}.get(name)
-    if position is None:
-        return
-    if len(call.args) > position and isinstance(call.args[position], ast.Constant):
-        yield str(call.args[position].value)
-    for keyword in call.keywords:
-        if keyword.arg == "reason" and isinstance(keyword.value, ast.Constant):
-            yield str(keyword.value.value)
+def reason_meanings() -> dict[str, str]:
+    """Every dead-letter reason code (`broadcaster.failures.Reason`) with its member's docstring."""
+    [cls] = ast.parse(textwrap.dedent(inspect.getsource(Reason))).body
+    assert isinstance(cls, ast.ClassDef)
+    docs: dict[str, str] = {}
+    for node, following in zip(cls.body, cls.body[1:], strict=False):
+        if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)):
+            continue
+        if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+            text = inspect.cleandoc(str(following.value.value))
+            docs[node.targets[0].id] = " ".join(text.split()).replace("``", "`")
+    undocumented = [member.name for member in Reason if member.name not in docs]
+    if undocumented:
+        raise PluginError(f"dead-letter reasons without a docstring in broadcaster.failures: {undocumented}")
+    return {member.value: docs[member.name] for member in Reason}
 
 
 def _reasons_table() -> str:
-    codes = reason_codes()
-    if codes != set(REASONS):
-        raise PluginError(
-            f"dead-letter reasons in the code and docs/hooks.py REASONS differ: "
-            f"undocumented {sorted(codes - set(REASONS))}, gone from the code {sorted(set(REASONS) - codes)}"
-        )
     lines = ["| `x-broadcaster-reason` | meaning |", "| --- | --- |"]
-    lines += [f"| `{code}` | {_cell(meaning)} |" for code, meaning in REASONS.items()]
+    lines += [f"| `{code}` | {_cell(meaning)} |" for code, meaning in reason_meanings().items()]
     return "\n".join(lines) + "\n"
 
 

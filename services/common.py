@@ -21,6 +21,7 @@ import django
 __all__ = [
     "DEBUG",
     "DEFAULT_AUTO_FIELD",
+    "DEFAULT_EXCEPTION_REPORTER_FILTER",
     "LOGGING",
     "ROOT_URLCONF",
     "SECRET_KEY",
@@ -40,6 +41,8 @@ ROOT_URLCONF = "config.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
+# The DEBUG page and the error mails to ADMINS hide the broker password (broadcaster.W001 otherwise).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "broadcaster.reporting.SafeExceptionReporterFilter"
 
 LOGGING: dict[str, Any] = {
     "version": 1,

@@ -51,4 +51,6 @@ DATABASES = {
     },
 }
 BROADCASTER = {"SERVICE_NAME": "tests", "BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/%2F"}
+# Error reports never show the broker password (broadcaster.W001 otherwise).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "broadcaster.reporting.SafeExceptionReporterFilter"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -357,6 +357,8 @@ def _near_valid(
     if not signed or _has_surrogate(head):
         return Message(_properties(ctype, head, None), body, PLAIN)
     text_headers = {str(key): value for key, value in head.items()}
+    if not all(isinstance(value, str) for name, value in text_headers.items() if name.lower().startswith("ce-")):
+        return Message(_properties(ctype, head, None), body, PLAIN)  # a producer signs only text attributes
     signing.sign(text_headers, ctype or "", body, (KEY_ID, SECRET.encode()))
     return Message(_properties(ctype, text_headers, SOURCE), body, STRICT)
 

@@ -9,6 +9,7 @@ and stop lines of a real daemon run with a user of its own on the real broker.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -38,14 +40,23 @@ from tests.broker_admin import vhost_user
 from tests.integration.tls_broker import free_port
 
 PASSWORD = "Pw-7f3a9c-distinctive-broker-password"
+# The other nodes of a cluster URL; the second has characters a URL must escape.
+PASSWORD_2 = "Pw-2e81-second-node/password#x"
+PASSWORD_3 = "Pw-5c0d-third-node-password"
 KEY = "sk-current-4d1e-distinctive-signing-key"
 OLD_KEY = "sk-previous-92b0-distinctive-signing-key"
-SECRETS = (PASSWORD, KEY, OLD_KEY)
+SECRETS = (PASSWORD, quote(PASSWORD_2, safe=""), PASSWORD_2, PASSWORD_3, KEY, OLD_KEY)
 ROOT = Path(__file__).resolve().parent.parent
+SHAPES = ["one URL", "three URLs"]
 
 
-def unreachable_url() -> str:
-    return f"amqp://svc:{PASSWORD}@127.0.0.1:{free_port()}/%2F"
+def unreachable_url(shape: str = "one URL") -> str:
+    """BROKER_URL pointing at ports nothing listens on: one URL, or three separated by ';'."""
+    first = f"amqp://svc:{PASSWORD}@127.0.0.1:{free_port()}/%2F"
+    if shape == "one URL":
+        return first
+    second = f"amqp://svc2:{quote(PASSWORD_2, safe='')}@127.0.0.1:{free_port()}/%2F"
+    return f"{first};{second};amqp://svc3:{PASSWORD_3}@127.0.0.1:{free_port()}/%2F"
 
 
 def raw_settings(url: str) -> dict[str, Any]:
@@ -72,11 +83,13 @@ def everything(exc: BaseException) -> str:
     return "\n".join([str(exc), repr(exc), *traceback.format_exception(exc)])
 
 
-@pytest.fixture
-def unreachable(settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """BROADCASTER points at a port nothing listens on; every log record at DEBUG is captured."""
+@pytest.fixture(params=SHAPES)
+def unreachable(
+    request: pytest.FixtureRequest, settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """BROADCASTER points at ports nothing listens on (one URL or three); every log record at DEBUG is captured."""
     monkeypatch.delenv("BROADCASTER_BROKER_URL", raising=False)
-    settings.BROADCASTER = raw_settings(unreachable_url())
+    settings.BROADCASTER = raw_settings(unreachable_url(request.param))
     caplog.set_level(logging.DEBUG)
     yield
     reset_publisher(timeout=0)
@@ -100,6 +113,7 @@ def test_settings_repr_hides_the_password_and_the_keys(unreachable: None) -> Non
     config = get_settings()
     assert_clean(repr(config), str(config), repr(config.signing_keys), config.redacted_broker_url)
     assert config.redacted_broker_url.startswith("amqp://svc:***@127.0.0.1:")
+    assert config.redacted_broker_url.count(":***@") == config.broker_url.count(";") + 1
     assert config.signing_key == ("k2", KEY.encode())  # the secret is there, only never shown
 
 
@@ -160,16 +174,16 @@ def test_relay_outbox_reports_an_unreachable_broker_without_secrets(
 
 
 INVALID_BUT_SAFE = {
-    "bad scheme": {"BROKER_URL": f"http://svc:{PASSWORD}@h/%2F"},
-    "unknown key": {"BROKER_ULR": f"amqp://svc:{PASSWORD}@h/%2F"},
+    "bad scheme": {"BROKER_URL": f"http://svc:{PASSWORD}@h/%2F;amqp://svc3:{PASSWORD_3}@h/%2F"},
+    "unknown key": {"BROKER_ULR": f"amqp://svc:{PASSWORD}@h/%2F;amqp://svc3:{PASSWORD_3}@h/%2F"},
     "bad number": {"PREFETCH": 0},
     "bad queue type": {"QUEUE_TYPE": PASSWORD[:3]},
 }
 
 
-def _problems(settings: Any, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any]) -> str:
+def _problems(settings: Any, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any], shape: str) -> str:
     monkeypatch.delenv("BROADCASTER_BROKER_URL", raising=False)
-    settings.BROADCASTER = {**raw_settings(f"amqp://svc:{PASSWORD}@127.0.0.1:5672/%2F"), **change}
+    settings.BROADCASTER = {**raw_settings(unreachable_url(shape)), **change}
     messages = check_settings()
     assert messages, "the invalid settings were not reported"
     with pytest.raises(ConfigurationError) as caught:
@@ -177,11 +191,12 @@ def _problems(settings: Any, monkeypatch: pytest.MonkeyPatch, change: dict[str, 
     return "\n".join([*(f"{m.id} {m.msg} {m.hint}" for m in messages), everything(caught.value)])
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("change", INVALID_BUT_SAFE.values(), ids=INVALID_BUT_SAFE.keys())
 def test_system_checks_for_invalid_settings_show_no_secret(
-    settings: Any, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any]
+    settings: Any, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any], shape: str
 ) -> None:
-    assert_clean(_problems(settings, monkeypatch, change))
+    assert_clean(_problems(settings, monkeypatch, change, shape))
 
 
 LEAKING = {
@@ -195,11 +210,12 @@ LEAKING = {
 }
 
 
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("change", LEAKING.values(), ids=LEAKING.keys())
 def test_system_checks_for_invalid_cross_key_settings_show_no_secret(
-    settings: Any, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any]
+    settings: Any, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any], shape: str
 ) -> None:
-    assert_clean(_problems(settings, monkeypatch, change))
+    assert_clean(_problems(settings, monkeypatch, change, shape))
 
 
 def test_a_real_daemon_and_publisher_never_log_the_password(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
@@ -241,3 +257,23 @@ def _run_daemon(url: str, log_path: Path) -> str:
             proc.kill()
             proc.wait(timeout=5)
     return log_path.read_text()
+
+
+@pytest.mark.parametrize("args", [("list",), ("replay",), ("purge", "--yes")])
+def test_dead_letters_reports_an_unreachable_broker_without_secrets(
+    unreachable: None, caplog: pytest.LogCaptureFixture, args: tuple[str, ...]
+) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(CommandError) as caught:
+        call_command("dead_letters", *args, stdout=out, stderr=err)
+    assert "cannot connect to the broker at amqp://svc:***@127.0.0.1" in str(caught.value)
+    assert_clean(everything(caught.value), logged(caplog), out.getvalue(), err.getvalue())
+
+
+@pytest.mark.parametrize("args", [(), ("--permissions",)])
+def test_broadcaster_topology_prints_no_secret(unreachable: None, args: tuple[str, ...]) -> None:
+    out = io.StringIO()
+    call_command("broadcaster_topology", *args, stdout=out)
+    assert_clean(out.getvalue())
+    if not args:
+        assert out.getvalue().startswith("vhost /\n")  # the first URL's vhost, nothing after it

@@ -66,7 +66,7 @@ class Command(BaseCommand):
     def _list(self, settings: BroadcasterSettings, match: Match, limit: int, *, as_json: bool) -> None:
         queue = Topology.for_settings(settings).dead_letter_queue
         with deadletters.connect(settings) as channel:
-            listing = deadletters.peek(channel, queue, limit=limit, match=match)
+            listing = deadletters.peek(channel, queue, settings=settings, limit=limit, match=match)
         if as_json:
             self.stdout.write(json.dumps(_listing_json(listing, match), indent=2))
             return
@@ -85,8 +85,8 @@ class Command(BaseCommand):
                 topology.queue,
                 match=match,
                 limit=limit,
+                settings=settings,
                 progress=self._progress("replayed"),
-                user=settings.broker_user,
                 exchange=topology.requeue_exchange,
                 ordered=_ordered(settings),
             )
@@ -103,7 +103,13 @@ class Command(BaseCommand):
                 self.stdout.write("purge cancelled; nothing deleted")
                 return
             tally = deadletters.purge(
-                channel, queue, match=match, limit=limit, upto=total, progress=self._progress("purged")
+                channel,
+                queue,
+                settings=settings,
+                match=match,
+                limit=limit,
+                upto=total,
+                progress=self._progress("purged"),
             )
         self.stdout.write(
             f"purged {tally.done} of {tally.scanned} {_plural(tally.scanned)} from queue {queue!r}"

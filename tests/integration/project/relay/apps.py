@@ -43,6 +43,11 @@ def _pong_to_ping() -> None:
     events.pong.connect(receivers.answer_with_ping, weak=False, dispatch_uid="relay.answer")
 
 
+def _flaky() -> None:
+    broadcaster.subscribe("relay.ping", schema=events.Ping, signal=events.ping)
+    events.ping.connect(receivers.fail_at_first, weak=False, dispatch_uid="relay.fail_at_first")
+
+
 def _inbox() -> None:
     broadcaster.subscribe("relay.ping", schema=events.Ping, signal=events.ping, inbox=True)
     events.ping.connect(receivers.remember, weak=False, dispatch_uid="relay.remember")
@@ -66,6 +71,7 @@ WIRINGS: dict[str, Callable[[], None]] = {
     "ping-to-pong": _ping_to_pong,
     "pong-to-ping": _pong_to_ping,
     "inbox": _inbox,
+    "flaky": _flaky,
 }
 
 

@@ -80,6 +80,18 @@ def connect(*signals: Signal) -> None:
         signal.connect(record, weak=False, dispatch_uid="relay.record")
 
 
+def fail_at_first(sender: object, envelope: Envelope | None = None, **fields: Any) -> None:
+    """Raise on the first FAIL_TIMES calls, whatever attempt the daemon believes it is on; then record."""
+    if envelope is None:
+        return
+    calls = Path(f"{settings.RECORD_FILE}.calls")
+    count = int(calls.read_text()) + 1 if calls.exists() else 1
+    calls.write_text(str(count))
+    if count <= settings.FAIL_TIMES:
+        raise RuntimeError(f"failing on purpose: call {count} of the first {settings.FAIL_TIMES}")
+    record(sender, envelope=envelope, **fields)
+
+
 def explode(sender: object, n: int, **kwargs: Any) -> None:
     record(sender, n=n, **kwargs)
     raise RuntimeError(f"boom {n}")

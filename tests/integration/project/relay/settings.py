@@ -18,6 +18,7 @@ if os.environ.get("DB_ENGINE") == "postgresql":
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["DB_PATH"]}}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "broadcaster.reporting.SafeExceptionReporterFilter"
 
 BROADCASTER = {
     "SERVICE_NAME": os.environ["SERVICE_NAME"],
@@ -44,6 +45,8 @@ if "RETRY_DELAYS" in os.environ:
     BROADCASTER["RETRY_DELAYS"] = [float(delay) for delay in os.environ["RETRY_DELAYS"].split(",")]
 if "PUBLISH_MODE" in os.environ:
     BROADCASTER["PUBLISH_MODE"] = os.environ["PUBLISH_MODE"]
+if os.environ.get("REQUIRE_USER_ID") == "1":
+    BROADCASTER["REQUIRE_USER_ID"] = True
 
 # Comma-separated wirings from relay.apps.WIRINGS, e.g. "producer" or "ping-to-pong".
 ROLE = os.environ.get("ROLE", "")
@@ -58,3 +61,5 @@ FAIL_WHILE = os.environ.get("FAIL_WHILE", "")
 KILL_AT = int(os.environ["KILL_AT"]) if "KILL_AT" in os.environ else None
 KILL_WHEN = os.environ.get("KILL_WHEN", "receiver")
 KILL_MARKER = os.environ.get("KILL_MARKER") or f"{RECORD_FILE}.killed"
+# The "flaky" role's receiver raises on its first FAIL_TIMES calls (counted in RECORD_FILE.calls).
+FAIL_TIMES = int(os.environ.get("FAIL_TIMES", "0"))

@@ -50,6 +50,7 @@ __all__ = ["Consumer"]
 logger = logging.getLogger(__name__)
 
 _INBOX_PRUNE_EVERY = 3600.0
+_FAILURE_RESERVE = 4096  # bytes of failure headers a copy adds (the error text is at most 1,000 characters)
 _INBOX_PRUNE_RETRY = 60.0  # after a database error
 _POLL = 1  # seconds the connection's thread waits for I/O when nothing happens
 _CONNECTION_ERRORS = (
@@ -284,8 +285,12 @@ class Consumer:
         # A sealed copy under our own broker user: the next delivery believes its attempt
         # count and its original publisher (broadcaster.failures), and nothing else does.
         outcome = finished.outcome
+        # Headers pika cannot encode again, or that the failure headers would push past the
+        # frame size, would make the broker close the connection and the message come back
+        # first: the copy carries what fits, and says (sealed) what it left out.
+        source, notes = properties.encodable_source(delivery.properties, self._frame_max, reserve=_FAILURE_RESERVE)
         props = failures.failure_properties(
-            delivery.properties,
+            source,
             delivery.body,
             self.settings,
             attempt=finished.attempt,
@@ -294,10 +299,9 @@ class Consumer:
             exception=outcome.exception,
             queue=delivery.topology.queue,
             routing_key=delivery.routing_key,
+            notes=notes,
         )
-        # Headers pika cannot encode again, or that the failure headers push past the frame
-        # size, would make the broker close the connection and the message come back first.
-        props = properties.encodable(props, self._frame_max)
+        props = properties.encodable(props, self._frame_max)  # the last resort; never needed so far
         channel.basic_publish(delivery.topology.requeue_exchange, queue, delivery.body, props, mandatory=True)
 
     def _drop_connection(self) -> None:

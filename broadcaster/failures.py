@@ -207,6 +207,7 @@ def failure_properties(
     queue: str,
     routing_key: str,
     now: datetime | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> pika.BasicProperties:
     """The properties of the copy of a failed delivery, for a retry or the dead-letter queue.
 
@@ -214,7 +215,8 @@ def failure_properties(
     `routing_key` the one it arrived with. Failure headers of a copy this service sealed
     carry over (the first failure, the original routing key and publisher); any other
     ``x-broadcaster-*`` header is dropped. The copy is published as this service's
-    broker user and sealed.
+    broker user and sealed. `notes` (``x-broadcaster-*`` names) say what had to change
+    in the headers for the copy to be encodable (`broadcaster.properties`); they are sealed too.
     """
     previous = _verified(properties, body, settings)
     at = (now or datetime.now(UTC)).isoformat()
@@ -224,12 +226,14 @@ def failure_properties(
         ATTEMPT: attempt + 1,
         ATTEMPTS: attempt,
         REASON: str(reason),
-        ERROR: error[:ERROR_TEXT_LIMIT],
+        # Text from a hostile message may hold lone surrogates, which no header can carry.
+        ERROR: error[:ERROR_TEXT_LIMIT].encode("utf-8", "backslashreplace").decode("utf-8"),
         EXCEPTION: exception,
         QUEUE: queue,
         ROUTING_KEY: original_key if isinstance(original_key, str) else routing_key,
         FIRST_FAILURE: first if isinstance(first, str) else at,
         LAST_FAILURE: at,
+        **(notes or {}),
     }
     return _sealed(properties, body, settings, _origin(previous, properties), failure, keep_broker_headers=True)
 
@@ -329,7 +333,8 @@ def _sealed_text(
         [repr(name), repr(value)] for name, value in headers.items() if _name(name).lower().startswith("ce-")
     )
     own = sorted([name, repr(value)] for name, value in ours.items() if name != SEAL)
-    document = [SEAL_SCHEME, content_type, hashlib.sha256(body).hexdigest(), attributes, own]
+    # repr(): a content type that is not UTF-8 arrives from pika as bytes.
+    document = [SEAL_SCHEME, repr(content_type), hashlib.sha256(body).hexdigest(), attributes, own]
     return json.dumps(document, ensure_ascii=True, separators=(",", ":"))
 
 

@@ -24,7 +24,7 @@ import pika
 import pika.data
 from pika import spec
 
-__all__ = ["COPY_NOTE", "encodable", "install_tolerant_decoder", "raw_properties", "undecodable"]
+__all__ = ["COPY_NOTE", "encodable", "encodable_source", "install_tolerant_decoder", "raw_properties", "undecodable"]
 
 COPY_NOTE = "x-broadcaster-copy-note"
 """Header of a copy whose headers had to change to be encoded: what changed."""
@@ -83,17 +83,20 @@ def raw_properties(properties: pika.BasicProperties) -> bytes:
     return raw
 
 
-def encodable(properties: pika.BasicProperties, frame_max: int) -> pika.BasicProperties:
-    """`properties`, or a copy pika can encode in one content header frame of `frame_max` bytes.
+def encodable_source(
+    properties: pika.BasicProperties, frame_max: int, *, reserve: int = 0
+) -> tuple[pika.BasicProperties, dict[str, str]]:
+    """`properties` made fit to copy: pika can encode them in `frame_max` bytes less `reserve`.
 
-    Header values pika cannot encode are replaced by text (their names listed in
-    x-broadcaster-unencodable-headers); if the headers are too large, the largest ones
-    that are not the library's own are left out (listed in x-broadcaster-dropped-headers).
-    Either way x-broadcaster-copy-note says so. Never raises for anything pika decoded.
+    Header values pika cannot encode are replaced by text; if the headers are too large,
+    the largest ones that are not the library's own are left out. Returns the properties
+    (the same object when nothing had to change) and the notes that say what changed
+    (x-broadcaster-copy-note, -unencodable-headers, -dropped-headers), for the caller to
+    add to the copy with its own failure headers. Never raises for anything pika decoded.
     """
-    limit = frame_max - _HEADER_FRAME_OVERHEAD
+    limit = frame_max - _HEADER_FRAME_OVERHEAD - reserve
     if _size(properties) <= limit:
-        return properties
+        return properties, {}
     headers: dict[str, Any] = {}
     replaced: list[str] = []
     for key, value in (properties.headers or {}).items():
@@ -103,16 +106,29 @@ def encodable(properties: pika.BasicProperties, frame_max: int) -> pika.BasicPro
         if not fits:
             replaced.append(name)
     dropped = _shrink(headers, lambda h: _size(_with_headers(properties, h)) <= limit)
-    notes = []
+    notes: dict[str, str] = {}
+    said = []
     if replaced:
-        headers[_UNENCODABLE] = _names(replaced)
-        notes.append(f"{len(replaced)} header value(s) could not be encoded and are kept as text")
+        notes[_UNENCODABLE] = _names(replaced)
+        said.append(f"{len(replaced)} header value(s) could not be encoded and are kept as text")
     if dropped:
-        headers[_DROPPED] = _names(dropped)
-        notes.append(f"{len(dropped)} header(s) left out to fit the frame size of {frame_max} bytes")
-    headers[COPY_NOTE] = "; ".join(notes) or "headers normalised to be encodable"
-    copy = _with_headers(properties, headers)
-    if _size(copy) > limit:  # even the library's own headers do not fit: keep the note alone
+        notes[_DROPPED] = _names(dropped)
+        said.append(f"{len(dropped)} header(s) left out to fit the frame size of {frame_max} bytes")
+    notes[COPY_NOTE] = "; ".join(said) or "headers normalised to be encodable"
+    return _with_headers(properties, headers), notes
+
+
+def encodable(properties: pika.BasicProperties, frame_max: int) -> pika.BasicProperties:
+    """`properties`, or a copy pika can encode in one content header frame of `frame_max` bytes.
+
+    The last resort before a publish: what `encodable_source()` changes is noted in the
+    headers themselves, and if even the library's own headers do not fit, only the note stays.
+    """
+    copy, notes = encodable_source(properties, frame_max)
+    if not notes:
+        return properties
+    copy.headers = {**(copy.headers or {}), **notes}
+    if _size(copy) > frame_max - _HEADER_FRAME_OVERHEAD:
         copy = _with_headers(properties, {COPY_NOTE: "headers left out: too large to copy"})
     return copy
 

@@ -389,7 +389,7 @@ def test_unreadable_dead_letters_are_shown_as_such_and_the_rest_can_be_replayed_
     listing = json.loads(run("list", "--json"))
     assert listing["total"] == 5
     reasons = [letter["reason"] for letter in listing["dead_letters"]]
-    assert reasons.count("not-json") == 1
+    assert reasons.count(None) == 1  # the nested one: its reason header is not sealed, so not believed
     assert reasons.count("undecodable") == 1
     [undecodable] = [letter for letter in listing["dead_letters"] if letter["reason"] == "undecodable"]
     assert "OverflowError" in undecodable["error"] or "range" in undecodable["error"]

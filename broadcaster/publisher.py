@@ -211,6 +211,9 @@ class Publisher:
         )
 
     def _on_open(self, conn: Any) -> None:
+        if self._closing:  # close() came while the connection was opening
+            conn.close()
+            return
         conn.channel(on_open_callback=self._on_channel)
 
     def _on_channel(self, channel: Any) -> None:
@@ -356,10 +359,13 @@ class Publisher:
 
     def _shutdown(self) -> None:
         assert self._ioloop is not None
-        if self._connection is not None and not (self._connection.is_closed or self._connection.is_closing):
-            self._connection.close()
-        elif self._connection is None or self._connection.is_closed:
+        conn = self._connection
+        if conn is None or conn.is_closed:
             self._ioloop.stop()
+        elif conn.is_open:
+            conn.close()  # _on_closed stops the loop
+        # Still opening: pika cannot abort that cleanly (its workflow callback then fails an
+        # assertion on the I/O thread); _on_open or _on_open_error ends it instead.
 
 
 _lock = threading.Lock()

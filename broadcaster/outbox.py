@@ -192,7 +192,7 @@ class Relay:
         reconnecting: nothing grows however long the broker stays away.
         """
         if self._publisher is None:
-            self._publisher = Publisher(self.settings)
+            self._publisher = Publisher(self.settings, role="relay")
         publisher = self._publisher
         try:
             for message in messages:

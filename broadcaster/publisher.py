@@ -71,9 +71,11 @@ class Transport(Protocol):
 class Publisher:
     """Publishes OutboundMessages on a background thread with publisher confirms."""
 
-    def __init__(self, settings: BroadcasterSettings) -> None:
+    def __init__(self, settings: BroadcasterSettings, *, role: str = "publisher") -> None:
+        """`role` names the connection for operators; only the process's "publisher" reports its buffer."""
         self._settings = settings
-        self._params = connection.parameters(settings, "publisher")
+        self._role = role
+        self._params = connection.parameters(settings, role)
         self._signing_key = settings.signing_key
         self._user_id: str | None = getattr(self._params.credentials, "username", None)
         self._lock = threading.Lock()  # send() takes it directly: cheaper than the condition's
@@ -188,7 +190,8 @@ class Publisher:
             self._thread = threading.Thread(target=self._run, name="broadcaster-publisher", daemon=True)
             self._thread.start()
             atexit.register(self._close_at_exit)
-            observability.watch_buffer(lambda: self.pending)
+            if self._role == "publisher":  # the relay's own batch is not the process's buffer
+                observability.watch_buffer(lambda: self.pending)
         return self._ioloop
 
     # -- I/O thread ----------------------------------------------------------------

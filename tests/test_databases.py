@@ -93,15 +93,15 @@ def test_concurrent_relays_publish_each_row_once_in_order(outbox_mode: Broker, u
     assert waits, "the relays never met: nothing was tested"
 
 
-@pytest.mark.parametrize("using", ["default", "mysql"])
-def test_a_relay_waiting_on_the_broker_blocks_no_insert(outbox_mode: Broker, using: str) -> None:
+@pytest.mark.parametrize(("using", "isolation"), [("default", None), ("mysql", None), ("mysql", "REPEATABLE READ")])
+def test_a_relay_waiting_on_the_broker_blocks_no_insert(outbox_mode: Broker, using: str, isolation: str | None) -> None:
     OutboxEvent.objects.using(using).bulk_create([_row(n) for n in range(5)])
     down = get_settings().model_copy(
         update={"broker_url": f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F", "publish_timeout": 3.0}
     )
     relay = Relay(down, using=using)
     failed: list[BaseException] = []
-    thread = threading.Thread(target=_run_once_expecting_failure, args=(relay, failed))
+    thread = threading.Thread(target=_run_once_expecting_failure, args=(relay, failed, isolation))
     thread.start()
     time.sleep(0.5)  # the relay holds its batch's rows and waits for confirms
     started = time.monotonic()
@@ -216,8 +216,11 @@ def _drain_and_close(relay: Relay, waits: list[int]) -> None:
         connections.close_all()
 
 
-def _run_once_expecting_failure(relay: Relay, failed: list[BaseException]) -> None:
+def _run_once_expecting_failure(relay: Relay, failed: list[BaseException], isolation: str | None = None) -> None:
     try:
+        if isolation is not None:  # a project that set this level: InnoDB would lock the gap after the rows
+            with connections[relay.using].cursor() as cursor:
+                cursor.execute(f"SET SESSION TRANSACTION ISOLATION LEVEL {isolation}")
         relay.run_once()
     except PublishError as exc:
         failed.append(exc)

@@ -24,6 +24,7 @@ from broadcaster.models import OutboxEvent
 from broadcaster.outbox import Relay, _message, stop_web_relay
 from broadcaster.publisher import Publisher
 from broadcaster.settings import get_settings
+from tests.broker_admin import rabbitmqctl
 from tests.conftest import BROKER_URL, Broker
 from tests.testapp.models import Article
 
@@ -177,6 +178,47 @@ def test_a_relay_failing_for_long_holds_one_publisher_and_grows_nothing(outbox_m
     assert back.run_once() == 500
     back.close()
     assert titles(outbox_mode, tap) == [f"r{n}" for n in range(500)]  # every row exactly once, in order
+
+
+@pytest.mark.faults
+def test_a_relay_over_a_stopped_broker_grows_nothing_and_publishes_once_it_is_back(outbox_mode: Broker) -> None:
+    channel = outbox_mode.connection.channel()
+    tap = f"{outbox_mode.exchange}.durable-tap"
+    channel.queue_declare(tap, durable=True)  # survives the broker's restart
+    channel.queue_bind(tap, outbox_mode.exchange, "#")
+    outbox_mode.queues.append(tap)
+    OutboxEvent.objects.bulk_create([_row(n) for n in range(500)])
+    quick = {"publish_timeout": 0.02, "outbox_batch": 500, "reconnect_max_delay": 0.05}
+    relay = Relay(get_settings().model_copy(update=quick))
+    relay.run_once()  # connected
+    OutboxEvent.objects.update(published_at=None)
+    outbox_mode.drain(tap)
+    rabbitmqctl("stop_app")
+    try:
+        for _ in range(10):
+            with pytest.raises(PublishError):
+                relay.run_once()
+        gc.collect()
+        fds_before, rss_before = resources()
+        for _ in range(100):
+            with pytest.raises(PublishError):
+                relay.run_once()
+        gc.collect()
+        fds_after, rss_after = resources()
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+    print(f"100 failed relay attempts (stopped app): fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after}")
+    assert fds_after - fds_before <= 2, f"descriptors grew from {fds_before} to {fds_after}"
+    assert rss_after - rss_before < 8 * 2**20, f"RSS grew by {(rss_after - rss_before) / 2**20:.1f} MiB"
+    deadline = time.monotonic() + 30
+    while relay.run_once() == 0 and OutboxEvent.objects.filter(published_at__isnull=True).exists():
+        assert time.monotonic() < deadline, "the relay's publisher never reconnected"
+        time.sleep(0.1)
+    relay.close()
+    received = titles(outbox_mode, tap)
+    assert sorted(set(received), key=lambda t: int(t[1:])) == [f"r{n}" for n in range(500)]  # at least once
+    print(f"after the broker came back: {len(received)} messages for 500 rows")
 
 
 def test_a_late_confirm_of_a_dropped_message_is_ignored(broker: Broker) -> None:

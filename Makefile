@@ -11,6 +11,7 @@ STAMP42 := $(VENV42)/.installed
 
 # $(call venv,DIR,EXTRA-REQUIREMENTS): a venv with the project and its dev extras.
 define venv
+	scripts/mysql-build-deps.sh
 	$(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install --quiet --upgrade pip
 	$(1)/bin/python -m pip install --quiet -e '.[dev]' $(2)

@@ -16,11 +16,17 @@ class BroadcasterConfig(AppConfig):
 
     def ready(self) -> None:
         from broadcaster import settings  # noqa: PLC0415 - keep importing the app light
-        from broadcaster.checks import check_error_reports, check_schemas, check_settings  # noqa: PLC0415
+        from broadcaster.checks import (  # noqa: PLC0415
+            check_error_reports,
+            check_outbox_database,
+            check_schemas,
+            check_settings,
+        )
 
         checks.register(check_settings)
         checks.register(check_schemas)
         checks.register(check_error_reports, checks.Tags.security)
+        checks.register(check_outbox_database, checks.Tags.database)
         setting_changed.connect(settings.reset, dispatch_uid="broadcaster.settings.reset")
         setting_changed.connect(_reset_publisher, dispatch_uid="broadcaster.publisher.reset")
 

@@ -12,7 +12,7 @@ from django.utils.module_loading import import_string
 
 from broadcaster.settings import validate
 
-__all__ = ["ERROR_REPORTS_ID", "check_error_reports", "check_schemas", "check_settings"]
+__all__ = ["ERROR_REPORTS_ID", "check_error_reports", "check_outbox_database", "check_schemas", "check_settings"]
 
 ERROR_REPORTS_ID = "broadcaster.W001"
 
@@ -87,6 +87,26 @@ def check_error_reports(app_configs: Sequence[AppConfig] | None = None, **kwargs
     ]
 
 
+def check_outbox_database(
+    app_configs: Sequence[AppConfig] | None = None, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """broadcaster.E011: in outbox mode, a database cannot run the relay's SKIP LOCKED query.
+
+    Registered with the database tag: it connects, so it runs only for the databases
+    Django names (``migrate``, ``check --database``), never in a plain ``manage.py check``.
+    """
+    settings, _ = validate()
+    if not databases or settings is None or settings.publish_mode != "outbox":
+        return []
+    from broadcaster.outbox import skip_locked_problem  # noqa: PLC0415 - needs the app's models
+
+    return [
+        Error(problem, hint=_HINTS["broadcaster.E011"], obj=f"settings.DATABASES[{alias!r}]", id="broadcaster.E011")
+        for alias in databases
+        if (problem := skip_locked_problem(alias)) is not None
+    ]
+
+
 _HINTS = {
     "broadcaster.E001": 'Add BROADCASTER = {"SERVICE_NAME": "orders"} to your settings.',
     "broadcaster.E002": "SERVICE_NAME names this service's queue and the source of its events.",
@@ -94,4 +114,5 @@ _HINTS = {
     "broadcaster.E004": "See the settings reference in the README for the keys BROADCASTER accepts.",
     ERROR_REPORTS_ID: 'Set DEFAULT_EXCEPTION_REPORTER_FILTER = "broadcaster.reporting.SafeExceptionReporterFilter" '
     "(or a subclass of it).",
+    "broadcaster.E011": "Upgrade the database server, or use PUBLISH_MODE='on_commit' with it.",
 }

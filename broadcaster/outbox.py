@@ -3,31 +3,59 @@
 With ``PUBLISH_MODE = "outbox"`` a broadcast signal writes an OutboxEvent row in the
 caller's transaction, so the event exists exactly when the change does, whatever the
 broker is doing at commit time. A relay publishes unpublished rows in id order with
-confirms and stamps them published in the same transaction that locked them
-(``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, so several relays share the work).
-The relay runs in the web process, woken after each commit, and as
-``manage.py relay_outbox``.
+confirms and stamps them published. It runs in the web process, woken after each
+commit, and as ``manage.py relay_outbox``.
+
+The relay never holds a lock that a business write waits for while it waits on the
+broker, because a broker outage must not fail the very writes the outbox exists to keep:
+
+- PostgreSQL and MySQL/MariaDB: one transaction per batch takes an advisory lock
+  (``pg_try_advisory_xact_lock``; ``GET_LOCK`` around the transaction on MySQL), locks the
+  batch's rows with ``SELECT ... FOR UPDATE SKIP LOCKED``, publishes, and stamps them.
+  Row locks there block no insert (MySQL's transaction runs READ COMMITTED, which takes
+  no gap lock), so send() goes on during an outage. The advisory lock lets one relay of a
+  database publish at a time, whatever the number running, so rows leave in commit order,
+  and a row is published once unless the broker confirmed it and the stamp was lost.
+- SQLite has one write lock for the whole database: a relay that held it across broker
+  I/O made every send() fail with "database is locked" during an outage. There the relay
+  reads a batch without a transaction, publishes it, and stamps it in a short write
+  transaction of its own. Two relays on one SQLite file may both read and publish the
+  same rows before either stamps them: each row is then published at least once (and
+  may be out of order); run a single relay on SQLite to keep each row to once.
+
+The rows are the source of truth: a batch the broker does not confirm within
+PUBLISH_TIMEOUT is dropped from the relay's publisher (which keeps its connection, or
+keeps reconnecting) and its rows are tried again; a message of it the broker did take
+is then published twice, which at-least-once allows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, OperationalError, connections, transaction
-from django.db.models import F
+try:
+    import fcntl
+except ImportError:  # Windows: SQLite relays go on without their lock file
+    fcntl = None  # type: ignore[assignment]
+
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from broadcaster import observability
 from broadcaster.envelope import OutboundMessage, envelope_from_headers
-from broadcaster.exceptions import PublishError
+from broadcaster.exceptions import ConfigurationError, PublishError
 from broadcaster.models import OutboxEvent
 from broadcaster.publisher import Publisher
 from broadcaster.settings import BroadcasterSettings, get_settings
 
-__all__ = ["Relay", "stop_web_relay", "store", "wake"]
+__all__ = ["Relay", "skip_locked_problem", "stop_web_relay", "store", "wake"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +74,11 @@ def store(message: OutboundMessage, using: str) -> None:
 
 
 class Relay:
-    """Publishes the outbox rows of one database with its own broker connection.
+    """Publishes the outbox rows of one database with one publisher of its own, for its life.
 
     The rows are the source of truth: when the broker does not confirm a batch, the
-    transaction rolls back, the relay's connection and its buffer are thrown away, and
-    the rows are tried again later (at least once, never lost).
+    batch is dropped from the publisher (kept, with its connection) and the rows are
+    tried again later (at least once, never lost). `close()` releases the publisher.
     """
 
     def __init__(self, settings: BroadcasterSettings | None = None, using: str = DEFAULT_DB_ALIAS) -> None:
@@ -105,41 +133,73 @@ class Relay:
             _discard(publisher, self.settings.shutdown_timeout)
 
     def _relay_batch(self) -> int:
-        ids: list[int] = []
+        taken: list[int] = []
         try:
-            with transaction.atomic(using=self.using):
-                self.blocked = not _take_turn(self.using)
-                if self.blocked:
-                    return 0
-                rows = list(
-                    OutboxEvent.objects.using(self.using)
-                    .select_for_update(skip_locked=True)
-                    .filter(published_at__isnull=True)
-                    .order_by("id")
-                    .only("id", "headers", "body")[: self.settings.outbox_batch]
-                )
-                ids = [row.pk for row in rows]
+            if connections[self.using].vendor == "sqlite":
+                self._relay_unlocked(taken)
+            else:
+                self._relay_locked(taken)
+        except PublishError as exc:
+            self._record_failure(taken, exc)
+            raise
+        self.published += len(taken)
+        return len(taken)
+
+    def _relay_locked(self, taken: list[int]) -> None:
+        """PostgreSQL, MySQL: the batch's rows stay locked (not the table) until they are stamped."""
+        _require_skip_locked(self.using)
+        with _turn(self.using) as mine:
+            self.blocked = not mine
+            if mine:
+                rows = list(self._pending().select_for_update(skip_locked=True)[: self.settings.outbox_batch])
+                taken.extend(row.pk for row in rows)
                 if rows:
                     self._publish([_message(row) for row in rows])
-                    OutboxEvent.objects.using(self.using).filter(pk__in=ids).update(
-                        published_at=timezone.now(), attempts=F("attempts") + 1
-                    )
-        except PublishError as exc:
-            self._record_failure(ids, exc)
-            raise
-        self.published += len(ids)
-        return len(ids)
+                    self._stamp(taken)
+
+    def _relay_unlocked(self, taken: list[int]) -> None:
+        """SQLite: read, publish, then stamp in a short write transaction (no lock over broker I/O)."""
+        with _file_turn(self.using) as mine:
+            self.blocked = not mine
+            if not mine:
+                return
+            rows = list(self._pending()[: self.settings.outbox_batch])
+            taken.extend(row.pk for row in rows)
+            if rows:
+                self._publish([_message(row) for row in rows])
+                with transaction.atomic(using=self.using):
+                    self._stamp(taken)
+
+    def _pending(self) -> QuerySet[OutboxEvent]:
+        return (
+            OutboxEvent.objects.using(self.using)
+            .filter(published_at__isnull=True)
+            .order_by("id")
+            .only("id", "headers", "body")
+        )
+
+    def _stamp(self, ids: list[int]) -> None:
+        # published_at__isnull: a row another relay stamped meanwhile (SQLite) keeps its stamp.
+        OutboxEvent.objects.using(self.using).filter(pk__in=ids, published_at__isnull=True).update(
+            published_at=timezone.now(), attempts=F("attempts") + 1
+        )
 
     def _publish(self, messages: list[OutboundMessage]) -> None:
-        publisher = self._publisher or Publisher(self.settings)
-        self._publisher = publisher
+        """Publish `messages` and wait for their confirms, on the one publisher of this relay.
+
+        When they are not all confirmed in PUBLISH_TIMEOUT they are dropped from the
+        publisher (their rows are tried again), which keeps its connection, or keeps
+        reconnecting: nothing grows however long the broker stays away.
+        """
+        if self._publisher is None:
+            self._publisher = Publisher(self.settings, role="relay")
+        publisher = self._publisher
         try:
             for message in messages:
-                publisher.publish(message)
+                publisher.publish(message, wait=False)  # the batch is bounded by OUTBOX_BATCH
             publisher.flush(self.settings.publish_timeout)
         except PublishError:
-            self._publisher = None
-            _discard(publisher, 0)
+            publisher.discard_pending()
             raise
 
     def _record_failure(self, ids: list[int], exc: Exception) -> None:
@@ -159,28 +219,133 @@ class Relay:
             logger.info("relay_outbox: pruned %d published row(s) older than OUTBOX_RETENTION", pruned)
 
 
-def _take_turn(using: str) -> bool:
-    """Whether this relay may publish now; one relay per database at a time keeps order.
+@contextmanager
+def _turn(using: str) -> Iterator[bool]:
+    """A transaction in which this relay may publish (True) or another relay has the turn (False).
 
-    On PostgreSQL a transaction-level advisory lock lets any number of relays run while
-    rows still leave in commit order; SKIP LOCKED then only guards against a relay that
-    ignores the lock. SQLite takes its database write lock first. Other databases rely
-    on SKIP LOCKED alone: rows are published once, but run one relay to keep order.
+    One relay of a database publishes at a time, so rows leave in id order. On
+    PostgreSQL the advisory lock is the transaction's, freed by the commit that stamps
+    the rows. MySQL's GET_LOCK belongs to the session, not the transaction: it is taken
+    before the transaction and released after it ends (in `finally`, whatever happened),
+    so the next relay reads only rows whose stamps committed.
     """
     connection = connections[using]
+    if connection.vendor != "mysql":
+        with transaction.atomic(using=using):
+            yield _try_xact_lock(using) if connection.vendor == "postgresql" else True
+        return
+    name = _mysql_lock_name(connection.settings_dict["NAME"])
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY])
-            row = cursor.fetchone()
-            return bool(row and row[0])
-        if connection.vendor == "sqlite":
-            # SQLite locks nothing on read; a write that matches no row takes the database's
-            # write lock before we read, so two relays never read the same rows.
-            try:
-                cursor.execute(f"UPDATE {OutboxEvent._meta.db_table} SET id = id WHERE 1 = 0")
-            except OperationalError:
-                return False
-    return True
+        cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
+        row = cursor.fetchone()
+    mine = bool(row and row[0] == 1)
+    try:
+        if mine:
+            _read_committed_next(using)
+        with transaction.atomic(using=using):
+            yield mine
+    finally:
+        if mine:
+            _release_mysql_lock(using, name)
+
+
+@contextmanager
+def _file_turn(using: str) -> Iterator[bool]:
+    """SQLite's turn: an exclusive flock() of ``<database>.relay-lock``, beside the database.
+
+    It is not the database's lock, so no send() waits on it; it serializes the relays
+    of every process on this machine. Where it cannot be had (no fcntl, a read-only
+    directory, an in-memory database) relays go on without it: two of them may then
+    publish the same rows (at least once).
+    """
+    path = _lock_path(connections[using].settings_dict["NAME"])
+    try:
+        handle = None if path is None else open(path, "a")  # noqa: SIM115 - closed in finally
+    except OSError:
+        handle = None
+    if handle is None:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        handle.close()  # releases the flock
+
+
+def _lock_path(database: object) -> str | None:
+    name = str(database)
+    if fcntl is None or not name or name == ":memory:" or "mode=memory" in name:
+        return None
+    return f"{name}.relay-lock"
+
+
+def _try_xact_lock(using: str) -> bool:
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _mysql_lock_name(database: str) -> str:
+    # GET_LOCK names are the server's, across its databases, and at most 64 characters.
+    name = f"broadcaster.outbox.{database}"
+    return name if len(name) <= 64 else f"broadcaster.outbox.{hashlib.sha256(database.encode()).hexdigest()[:40]}"
+
+
+def _read_committed_next(using: str) -> None:
+    # Under REPEATABLE READ, InnoDB's FOR UPDATE also locks the gap after the last row
+    # read, which would hold up every insert of a new outbox row (every send() in outbox
+    # mode) while the broker is waited for. READ COMMITTED (Django's default) takes no
+    # gap lock; this makes it so for the relay's next transaction, whatever the setting.
+    if not connections[using].in_atomic_block:
+        with connections[using].cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+
+def _release_mysql_lock(using: str, name: str) -> None:
+    try:
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+    except DatabaseError as exc:
+        # The session is gone (a database restart): the server freed its lock with it.
+        logger.debug("relay_outbox: RELEASE_LOCK failed (%s)", exc)
+
+
+def _require_skip_locked(using: str) -> None:
+    """Raise ConfigurationError when the database cannot SKIP LOCKED (system check broadcaster.E011)."""
+    problem = skip_locked_problem(using)
+    if problem is not None:
+        raise ConfigurationError(f"{problem} (broadcaster.E011)")
+
+
+def skip_locked_problem(using: str) -> str | None:
+    """Why database `using` cannot run the relay's SELECT ... FOR UPDATE SKIP LOCKED, or None.
+
+    Connects to the database (the server version decides): call it from a check tagged
+    database, never at import or in `manage.py check` without --database.
+    """
+    connection = connections[using]
+    if connection.vendor == "sqlite":
+        return None  # the relay locks no rows there
+    if connection.vendor == "mysql":
+        mariadb: bool = connection.mysql_is_mariadb  # type: ignore[attr-defined]
+        version: tuple[int, ...] = connection.mysql_version  # type: ignore[attr-defined]
+        supported = version >= ((10, 6) if mariadb else (8, 0, 1))
+        server = f"{'MariaDB' if mariadb else 'MySQL'} {'.'.join(map(str, version))}"
+    else:
+        supported = connection.features.has_select_for_update_skip_locked
+        server = connection.display_name
+    if supported:
+        return None
+    return (
+        f"database {using!r} ({server}) has no SELECT ... FOR UPDATE SKIP LOCKED, which the outbox relay "
+        "needs (MariaDB 10.6+, MySQL 8.0.1+, PostgreSQL 9.5+)"
+    )
 
 
 def _message(row: OutboxEvent) -> OutboundMessage:

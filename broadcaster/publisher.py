@@ -20,11 +20,10 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import pika.exceptions
-from pika.adapters.select_connection import IOLoop, SelectConnection
-from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport  # type: ignore[attr-defined]
+from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic
 
-from broadcaster import connection, observability, signing
+from broadcaster import connection, observability, pikacompat, signing
 from broadcaster.envelope import JSON, OutboundMessage, properties_for
 from broadcaster.exceptions import FlushTimeout, PublishBufferFull
 from broadcaster.settings import BroadcasterSettings, get_settings
@@ -43,70 +42,6 @@ logger = logging.getLogger(__name__)
 
 _DRAIN_TICK = 0.001  # seconds between drains while events keep coming
 _LINGER = 0.25  # seconds the I/O thread keeps to its tick after the last event
-_WRITE_BYTES = 128 * 1024  # the most a batch of publishes hands to the socket in one write
-
-
-class _BatchingConnection(SelectConnection):
-    """A SelectConnection that hands the frames of a batch of publishes to the socket together.
-
-    pika writes every frame with a send() of its own: three system calls per message,
-    each releasing the GIL. Within `batched()` frames are joined into writes of up to
-    _WRITE_BYTES (larger ones would make pika copy the rest of a partly sent buffer).
-    A write goes to the socket at once when it can (see `_send_now`).
-    """
-
-    _batch: list[bytes] | None = None
-    _batch_bytes = 0
-
-    def _adapter_emit_data(self, data: bytes) -> None:
-        # pika's hook for an adapter's output (absent from the type stubs); every frame of
-        # the connection passes here.
-        if self._batch is None:
-            super()._adapter_emit_data(data)  # type: ignore[misc]
-            return
-        self._batch.append(data)
-        self._batch_bytes += len(data)
-        if self._batch_bytes >= _WRITE_BYTES:
-            self._write_batch()
-
-    @contextmanager
-    def batched(self) -> Iterator[None]:
-        """Collect the frames written within the block and write them in few pieces."""
-        self._batch, self._batch_bytes = [], 0
-        try:
-            yield
-        finally:
-            self._write_batch()
-            self._batch = None
-
-    def _write_batch(self) -> None:
-        data = b"".join(self._batch) if self._batch else b""
-        self._batch, self._batch_bytes = [], 0
-        if data and (rest := data[self._send_now(data) :]):
-            super()._adapter_emit_data(rest)  # type: ignore[misc]
-
-    def _send_now(self, data: bytes) -> int:
-        """Write what the socket takes of `data` now; return how many bytes that was.
-
-        pika's transport only buffers a write and waits for the poller to report the
-        socket writable: two epoll_ctl calls and one more turn of the I/O loop (one more
-        GIL hand-over) per write. Sending at once is sound when pika has nothing buffered
-        (the order stays) on a plain TCP transport (TLS writes go through its SSL object);
-        otherwise, on EAGAIN, or on an error, the bytes go pika's way and pika deals with
-        a broken connection as it always does.
-        """
-        transport: Any = self._transport  # type: ignore[attr-defined]  # pika's, absent from the stubs
-        if (
-            type(transport) is not _AsyncPlaintextTransport
-            or transport._state != transport._STATE_ACTIVE
-            or transport.get_write_buffer_size()
-        ):
-            return 0
-        try:
-            sent: int = transport._sock.send(data)
-        except OSError:
-            return 0
-        return sent
 
 
 class Transport(Protocol):
@@ -136,9 +71,11 @@ class Transport(Protocol):
 class Publisher:
     """Publishes OutboundMessages on a background thread with publisher confirms."""
 
-    def __init__(self, settings: BroadcasterSettings) -> None:
+    def __init__(self, settings: BroadcasterSettings, *, role: str = "publisher") -> None:
+        """`role` names the connection for operators; only the process's "publisher" reports its buffer."""
         self._settings = settings
-        self._params = connection.parameters(settings, "publisher")
+        self._role = role
+        self._params = connection.parameters(settings, role)
         self._signing_key = settings.signing_key
         self._user_id: str | None = getattr(self._params.credentials, "username", None)
         self._lock = threading.Lock()  # send() takes it directly: cheaper than the condition's
@@ -149,7 +86,7 @@ class Publisher:
         self._unconfirmed: OrderedDict[int, OutboundMessage] = OrderedDict()
         self._ioloop: IOLoop | None = None
         self._thread: threading.Thread | None = None
-        self._connection: _BatchingConnection | None = None
+        self._connection: pikacompat.BatchingConnection | None = None
         self._channel: Any = None
         self._ready = False
         self._closing = False
@@ -206,6 +143,23 @@ class Publisher:
             if not self._cond.wait_for(lambda: self.pending == 0, timeout):
                 raise FlushTimeout(self.pending, timeout or 0.0)
 
+    def discard_pending(self) -> int:
+        """Forget every message taken and not yet confirmed; return how many. The connection stays.
+
+        For a caller that keeps its own copy of what it published, and publishes it again
+        (the outbox relay, whose rows are the source of truth): after a failed flush it
+        drops the batch here rather than closing the publisher. A message already written
+        may still reach the broker, and its confirm, arriving later, finds no message and
+        is ignored: the caller's next attempt publishes it again (at least once).
+        """
+        with self._cond:
+            dropped = len(self._buffer) + len(self._unconfirmed)
+            self._buffer.clear()
+            self._unconfirmed.clear()
+            self._republishing = 0
+            self._cond.notify_all()
+        return dropped
+
     def close(self, timeout: float | None = None) -> None:
         """Flush for at most `timeout` seconds, then close the connection and the thread."""
         try:
@@ -214,6 +168,8 @@ class Publisher:
             with self._cond:
                 self._closing = True
                 ioloop, thread = self._ioloop, self._thread
+            # A closed publisher need not flush at exit; unregistered, it can be freed.
+            atexit.unregister(self._close_at_exit)
             if ioloop is not None and thread is not None and thread.is_alive():
                 ioloop.add_callback_threadsafe(self._shutdown)
                 thread.join(timeout=5)
@@ -234,7 +190,8 @@ class Publisher:
             self._thread = threading.Thread(target=self._run, name="broadcaster-publisher", daemon=True)
             self._thread.start()
             atexit.register(self._close_at_exit)
-            observability.watch_buffer(lambda: self.pending)
+            if self._role == "publisher":  # the relay's own batch is not the process's buffer
+                observability.watch_buffer(lambda: self.pending)
         return self._ioloop
 
     # -- I/O thread ----------------------------------------------------------------
@@ -242,10 +199,13 @@ class Publisher:
     def _run(self) -> None:
         assert self._ioloop is not None
         self._connect()
-        self._ioloop.start()
+        try:
+            self._ioloop.start()
+        finally:
+            self._ioloop.close()  # its poller and wake-up sockets: a closed publisher holds no descriptor
 
     def _connect(self) -> None:
-        self._connection = _BatchingConnection(
+        self._connection = pikacompat.BatchingConnection(
             self._params,
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
@@ -254,6 +214,9 @@ class Publisher:
         )
 
     def _on_open(self, conn: Any) -> None:
+        if self._closing:  # close() came while the connection was opening
+            conn.close()
+            return
         conn.channel(on_open_callback=self._on_channel)
 
     def _on_channel(self, channel: Any) -> None:
@@ -399,10 +362,13 @@ class Publisher:
 
     def _shutdown(self) -> None:
         assert self._ioloop is not None
-        if self._connection is not None and not (self._connection.is_closed or self._connection.is_closing):
-            self._connection.close()
-        elif self._connection is None or self._connection.is_closed:
+        conn = self._connection
+        if conn is None or conn.is_closed:
             self._ioloop.stop()
+        elif conn.is_open:
+            conn.close()  # _on_closed stops the loop
+        # Still opening: pika cannot abort that cleanly (its workflow callback then fails an
+        # assertion on the I/O thread); _on_open or _on_open_error ends it instead.
 
 
 _lock = threading.Lock()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure the local RabbitMQ (and PostgreSQL, when installed) accept connections.
+# Make sure the local RabbitMQ (and PostgreSQL and MariaDB, when installed) accept connections.
 # Used by `make demo` and `make test`; safe to run when both are already up.
 set -euo pipefail
 
@@ -43,4 +43,10 @@ if ! port_open 5432 && command -v pg_ctlcluster >/dev/null; then
     echo "ensure-services: starting PostgreSQL"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start
     wait_for_port 5432 PostgreSQL
+fi
+
+if ! port_open 3306 && [ -x /etc/init.d/mariadb ]; then
+    echo "ensure-services: starting MariaDB"
+    /etc/init.d/mariadb start >/dev/null
+    wait_for_port 3306 MariaDB
 fi

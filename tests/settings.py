@@ -49,6 +49,15 @@ DATABASES = {
         "NAME": ":memory:",
         "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"{_RUN}.sqlite3")},
     },
+    "mysql": {
+        "ENGINE": "django.db.backends.mysql",
+        "NAME": "test",
+        "HOST": "127.0.0.1",
+        "PORT": "3306",
+        "USER": "root",
+        "OPTIONS": {"charset": "utf8mb4"},
+        "TEST": {"NAME": f"test_{_RUN}", "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+    },
 }
 BROADCASTER = {"SERVICE_NAME": "tests", "BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/%2F"}
 # Error reports never show the broker password (broadcaster.W001 otherwise).

@@ -1,0 +1,158 @@
+"""pika's private names, in one place: the publisher's fast path, or pika's public path.
+
+The publisher joins the frames of a batch of publishes through pika's adapter hook
+``SelectConnection._adapter_emit_data`` and writes them straight to the socket of a plain
+TCP transport (``_AsyncPlaintextTransport``: its ``_sock``, ``_state`` and
+``_STATE_ACTIVE``, and the connection's ``_transport``). That saves two system calls and a
+GIL hand-over per write, but none of these names is public: a pika release may rename or
+drop any of them. So they are looked up once, at the first connection (never at import),
+and when one is missing, or a write finds an attribute gone, the fast path turns itself
+off for the process (logged once) and every frame takes pika's public path: correct,
+only slower. The range of pika versions tested is declared in ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pika.adapters.select_connection import SelectConnection
+
+__all__ = ["WRITE_BYTES", "BatchingConnection", "fast_path", "recheck"]
+
+logger = logging.getLogger(__name__)
+
+WRITE_BYTES = 128 * 1024  # the most a batch of publishes hands to the socket in one write
+
+_lock = threading.Lock()
+_checked = False
+_plaintext: Any = None  # pika's plain TCP transport class, while the fast path is on
+
+
+def fast_path() -> bool:
+    """Whether the batched, direct socket write is in use (the names it needs are looked up once)."""
+    global _checked, _plaintext  # noqa: PLW0603 - one answer per process
+    if not _checked:
+        with _lock:
+            if not _checked:
+                _plaintext = _probe()
+                _checked = True
+    return _plaintext is not None
+
+
+def recheck() -> bool:
+    """Look pika's names up again (after pika was patched, in tests); return fast_path()."""
+    global _checked  # noqa: PLW0603
+    with _lock:
+        _checked = False
+    return fast_path()
+
+
+def _probe() -> Any:
+    """pika's plain transport class when every name the fast path uses is there, else None."""
+    try:
+        utils = importlib.import_module("pika.adapters.utils.io_services_utils")
+    except ImportError as exc:
+        _public_path(f"pika.adapters.utils.io_services_utils cannot be imported ({exc})")
+        return None
+    plaintext = getattr(utils, "_AsyncPlaintextTransport", None)
+    missing = [
+        name
+        for name, present in (
+            ("SelectConnection._adapter_emit_data", callable(getattr(SelectConnection, "_adapter_emit_data", None))),
+            ("_AsyncPlaintextTransport", isinstance(plaintext, type)),
+            ("_AsyncPlaintextTransport._STATE_ACTIVE", hasattr(plaintext, "_STATE_ACTIVE")),
+            ("_AsyncPlaintextTransport.get_write_buffer_size", hasattr(plaintext, "get_write_buffer_size")),
+        )
+        if not present
+    ]
+    if missing:
+        _public_path(f"this pika lacks {', '.join(missing)}")
+        return None
+    return plaintext
+
+
+def _public_path(reason: str) -> None:
+    logger.warning("publisher: %s; frames go through pika's public path (correct, slower)", reason)
+
+
+def _disable(exc: Exception) -> None:
+    global _plaintext  # noqa: PLW0603
+    if _plaintext is not None:
+        _plaintext = None
+        _public_path(f"a pika internal changed at run time ({type(exc).__name__}: {exc})")
+
+
+class BatchingConnection(SelectConnection):
+    """A SelectConnection that hands the frames of a batch of publishes to the socket together.
+
+    pika writes every frame with a send() of its own: three system calls per message,
+    each releasing the GIL. Within `batched()` frames are joined into writes of up to
+    WRITE_BYTES (larger ones would make pika copy the rest of a partly sent buffer), and
+    a write goes to the socket at once when it can (see `_send_now`). Without the fast
+    path `batched()` changes nothing.
+    """
+
+    _batch: list[bytes] | None = None
+    _batch_bytes = 0
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        # pika's hook for an adapter's output: every frame of the connection passes here.
+        if self._batch is None:
+            super()._adapter_emit_data(data)  # type: ignore[misc]
+            return
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= WRITE_BYTES:
+            self._write_batch()
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Collect the frames written within the block and write them in few pieces."""
+        if not fast_path():
+            yield
+            return
+        self._batch, self._batch_bytes = [], 0
+        try:
+            yield
+        finally:
+            self._write_batch()
+            self._batch = None
+
+    def _write_batch(self) -> None:
+        data = b"".join(self._batch) if self._batch else b""
+        self._batch, self._batch_bytes = [], 0
+        if data and (rest := data[self._send_now(data) :]):
+            super()._adapter_emit_data(rest)  # type: ignore[misc]
+
+    def _send_now(self, data: bytes) -> int:
+        """Write what the socket takes of `data` now; return how many bytes that was.
+
+        pika's transport only buffers a write and waits for the poller to report the
+        socket writable: two epoll_ctl calls and one more turn of the I/O loop (one more
+        GIL hand-over) per write. Sending at once is sound when pika has nothing buffered
+        (the order stays) on a plain TCP transport (TLS writes go through its SSL object);
+        otherwise, on EAGAIN, or on an error, the bytes go pika's way and pika deals with
+        a broken connection as it always does.
+        """
+        try:
+            transport: Any = self._transport  # type: ignore[attr-defined]
+            if (
+                type(transport) is not _plaintext
+                or transport._state != transport._STATE_ACTIVE
+                or transport.get_write_buffer_size()
+            ):
+                return 0
+            sock = transport._sock
+        except AttributeError as exc:
+            _disable(exc)
+            return 0
+        try:
+            sent: int = sock.send(data)
+        except OSError:
+            return 0
+        return sent

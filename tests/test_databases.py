@@ -137,7 +137,7 @@ def test_old_mariadb_is_a_check_error_and_the_relay_stops(
     assert "'mysql'" in error.msg
     assert "MariaDB 10.5.27" in error.msg
     assert not [e for e in run_checks() if e.id == "broadcaster.E011"], "a plain check must not connect"
-    with pytest.raises(ConfigurationError, match=r"broadcaster\.E010"):
+    with pytest.raises(ConfigurationError, match=r"broadcaster\.E011"):
         Relay(using="mysql").run_once()
     settings.BROADCASTER = {**settings.BROADCASTER, "PUBLISH_MODE": "on_commit"}
     assert not [e for e in run_checks(databases=["mysql"]) if e.id == "broadcaster.E011"]

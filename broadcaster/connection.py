@@ -41,10 +41,15 @@ def _tls_context(settings: BroadcasterSettings) -> ssl.SSLContext:
     return context
 
 
+# A generator of our own: a background thread drawing from the global one would change
+# the random state of the application (and of a test that seeds it) under its feet.
+_jitter = random.Random()
+
+
 def backoff(failures: int, cap: float) -> float:
     """Seconds to wait before reconnection attempt number `failures` (1-based), with jitter."""
     ceiling: float = min(cap, 0.25 * 2 ** min(failures, 16))
-    return random.uniform(ceiling / 2, ceiling)
+    return _jitter.uniform(ceiling / 2, ceiling)
 
 
 def describe(error: BaseException | str) -> str:

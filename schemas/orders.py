@@ -51,6 +51,8 @@ class OrderSnapshot(BaseModel):
     status: str
     customer_email: str
     total: Decimal
+    revision: int = 0
+    """One more on every save of the order: the newest snapshot of an order is the one to keep."""
 
 
 class OrderSaved(BaseModel):

@@ -26,8 +26,8 @@ import pytest
 from pydantic import BaseModel
 
 from broadcaster.settings import BroadcasterSettings
-from broadcaster.topology import Topology
-from schemas import OrderLine, OrderPlaced
+from broadcaster.topology import Partitions, Topology
+from schemas import OrderLine, OrderPlaced, OrderSaved, OrderSnapshot
 from tests.integration.conftest import wait_for
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
@@ -149,7 +149,7 @@ class Shop:
     def stock(self, sku: str) -> dict[str, Any]:
         return next(item for item in self.state("inventory")["stock"] if item["sku"] == sku)
 
-    def publish_twice(self, event: str, payload: BaseModel) -> str:
+    def publish_twice(self, event: str, payload: BaseModel, key: str | None = None) -> str:
         """Publish one CloudEvent twice, as a redelivery would; its id."""
         event_id = str(uuid.uuid4())
         headers = {
@@ -159,6 +159,7 @@ class Shop:
             "ce-type": event,
             "ce-time": datetime.now(UTC).isoformat(),
             "ce-schemaversion": "1.0",
+            **({"ce-partitionkey": key} if key is not None else {}),
         }
         properties = pika.BasicProperties(content_type="application/json", headers=headers, delivery_mode=2)
         connection = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
@@ -183,9 +184,12 @@ class Shop:
             for service in CONSUMERS:
                 settings = BroadcasterSettings.model_validate({"SERVICE_NAME": service, "QUEUE": self.prefix + service})
                 topology = Topology.for_settings(settings)
-                for queue in [topology.queue, topology.dead_letter_queue, *topology.retry_queues]:
+                partitions = Partitions.for_settings(settings)
+                queues = [topology.queue, topology.dead_letter_queue, *topology.retry_queues]
+                for queue in queues + [partition.queue for partition in partitions.queues]:
                     channel.queue_delete(queue)
                 channel.exchange_delete(topology.requeue_exchange)
+                channel.exchange_delete(partitions.exchange)
             channel.exchange_delete(self.exchange)
         finally:
             connection.close()
@@ -250,6 +254,28 @@ def test_a_model_signal_is_received_as_order_saved(shop: Shop) -> None:
     assert len(saved) == 1
     assert saved[0]["source"] == "orders"
     assert saved[0]["message"] == f"Order #{order_id} created: placed, 38.00."
+
+
+def test_inventory_replicates_orders_in_order_and_never_goes_back_to_an_older_snapshot(shop: Shop) -> None:
+    shop.start("inventory", "--concurrency", "4")
+    first = shop.place_order("ann@example.com", "MUG:1")
+    second = shop.place_order("bob@example.com", "TEE:1")
+    shop.manage("orders", "cancel_order", str(first))  # revision 2 of the first order
+
+    def replicas() -> dict[int, dict[str, Any]]:
+        return {row["order_id"]: row for row in shop.state("inventory")["orders"]}
+
+    wait_for(lambda: replicas().get(first, {}).get("revision") == 2, TIMEOUT, "the cancellation replicated")
+    wait_for(lambda: second in replicas(), TIMEOUT, "the second order replicated")
+    assert replicas()[first]["status"] == "cancelled"
+    # An older snapshot of the first order arriving late (a replay) is skipped.
+    stale = OrderSaved(
+        instance=OrderSnapshot(id=first, status="placed", customer_email="ann@example.com", total=10, revision=1),
+        created=True,
+    )
+    shop.publish_twice("orders.order_saved", stale, key=str(first))
+    time.sleep(2)
+    assert replicas()[first] == {"order_id": first, "status": "cancelled", "revision": 2}
 
 
 def test_a_rolled_back_order_publishes_nothing(shop: Shop) -> None:

@@ -18,6 +18,23 @@ class StockItem(models.Model):
         return f"{self.sku}: {self.available} available"
 
 
+class OrderReplica(models.Model):
+    """The orders service's orders as inventory last heard of them (orders.order_saved).
+
+    The subscription is ordered and versioned: one order's snapshots are applied one at a
+    time, in the order they were saved, and an older snapshot (a replay) never overwrites
+    a newer one.
+    """
+
+    order_id = models.BigIntegerField(unique=True)
+    status = models.CharField(max_length=20)
+    total = models.DecimalField(max_digits=10, decimal_places=2)
+    revision = models.PositiveIntegerField()
+
+    def __str__(self) -> str:
+        return f"order #{self.order_id}: {self.status} (revision {self.revision})"
+
+
 class Reservation(models.Model):
     order_id = models.BigIntegerField()
     sku = models.CharField(max_length=64)

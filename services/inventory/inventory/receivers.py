@@ -9,9 +9,9 @@ from django.db import transaction
 from django.dispatch import receiver
 
 import broadcaster
-from inventory.models import Reservation, StockItem
-from inventory.signals import order_placed_remote, stock_low, stock_reserved
-from schemas import OrderLine
+from inventory.models import OrderReplica, Reservation, StockItem
+from inventory.signals import order_placed_remote, order_saved_remote, stock_low, stock_reserved
+from schemas import OrderLine, OrderSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -55,3 +55,12 @@ def reserve_line(envelope_id: str, order_id: int, line: OrderLine) -> None:
     )
     if item.available < item.low_threshold:
         stock_low.send(sender=StockItem, sku=item.sku, remaining=item.available, threshold=item.low_threshold)
+
+
+@receiver(order_saved_remote, dispatch_uid="inventory.replicate_order")
+def replicate_order(sender: object, *, instance: OrderSnapshot, **kwargs: Any) -> None:
+    """Keep the replica of one order at the newest snapshot (the guard skipped older ones)."""
+    OrderReplica.objects.update_or_create(
+        order_id=instance.id,
+        defaults={"status": instance.status, "total": instance.total, "revision": instance.revision},
+    )

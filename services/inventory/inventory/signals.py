@@ -17,3 +17,8 @@ stock_reserved = Signal()
 # sender: inventory.models.StockItem
 # kwargs: sku (str), remaining (int), threshold (int)
 stock_low = Signal()
+
+# Re-emitted for every `orders.order_saved` event, one order's snapshots in order.
+# sender: schemas.OrderSaved
+# kwargs: envelope (broadcaster.Envelope), instance (schemas.OrderSnapshot), created (bool)
+order_saved_remote = Signal()

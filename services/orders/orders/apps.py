@@ -15,5 +15,9 @@ class OrdersConfig(AppConfig):
         from orders.signals import order_placed
 
         broadcaster.broadcast(order_placed, event="orders.order_placed", schema=OrderPlaced)
-        # A model signal: every saved Order goes out as an OrderSaved snapshot.
-        broadcaster.broadcast(post_save, sender="orders.Order", event="orders.order_saved", schema=OrderSaved)
+        # A model signal: every saved Order goes out as an OrderSaved snapshot, keyed by the
+        # order's id, so that a service subscribing with ordered=True gets one order's
+        # snapshots in the order they were saved.
+        broadcaster.broadcast(
+            post_save, sender="orders.Order", event="orders.order_saved", schema=OrderSaved, key="instance.id"
+        )

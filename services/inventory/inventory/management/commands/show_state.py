@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from inventory.models import Reservation, StockItem
+from inventory.models import OrderReplica, Reservation, StockItem
 
 
 def current_state() -> dict[str, list[dict[str, Any]]]:
@@ -25,7 +25,8 @@ def current_state() -> dict[str, list[dict[str, Any]]]:
     reservations = [
         dict(row) for row in Reservation.objects.order_by("pk").values("order_id", "sku", "quantity", "envelope_id")
     ]
-    return {"stock": stock, "reservations": reservations}
+    orders = [dict(row) for row in OrderReplica.objects.order_by("order_id").values("order_id", "status", "revision")]
+    return {"stock": stock, "reservations": reservations, "orders": orders}
 
 
 class Command(BaseCommand):

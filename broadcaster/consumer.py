@@ -27,12 +27,10 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import pika
 import pika.exceptions
-from django.db import close_old_connections, connections
 
 from broadcaster import connection, failures, observability, properties, publisher
 from broadcaster.connection import describe
@@ -40,18 +38,17 @@ from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
 from broadcaster.failures import Reason
 from broadcaster.registry import Subscription
-from broadcaster.scheduler import AckWindow, Lanes
+from broadcaster.scheduler import AckWindow
 from broadcaster.settings import BroadcasterSettings
 from broadcaster.settlement import Settlement, Verdict, settle
 from broadcaster.topology import Partitions, Topology
+from broadcaster.workers import Delivery, Finished, Housekeeping, Receivers
 
 __all__ = ["Consumer"]
 
 logger = logging.getLogger(__name__)
 
-_INBOX_PRUNE_EVERY = 3600.0
 _FAILURE_RESERVE = 4096  # bytes of failure headers a copy adds (the error text is at most 1,000 characters)
-_INBOX_PRUNE_RETRY = 60.0  # after a database error
 _POLL = 1  # seconds the connection's thread waits for I/O when nothing happens
 _CONNECTION_ERRORS = (
     pika.exceptions.AMQPConnectionError,
@@ -102,11 +99,11 @@ class Consumer:
         self._consumer_tags: list[str] = []
         self._frame_max = connection.parameters(settings, "consumer").frame_max
         self._submitted = 0
-        self._finished: deque[_Finished] = deque()
+        self._finished: deque[Finished] = deque()
         self._wake_pending = False
         self._acks = AckWindow()
-        self._receivers = _Receivers(self._handle, self._on_finished, self.concurrency)
-        self._housekeeping = _Housekeeping(settings, self.subscriptions)
+        self._receivers = Receivers(self._handle, self._on_finished, self.concurrency)
+        self._housekeeping = Housekeeping(settings, self.subscriptions)
 
     @property
     def handled(self) -> int:
@@ -230,7 +227,7 @@ class Consumer:
         self._submitted += 1
         lane = _lane(props) if topology.in_place_retries else None
         attempt = failures.attempt(props, body, self.settings)  # believed only on our own sealed copies
-        delivery = _Delivery(topology, channel, method.delivery_tag, method.routing_key, props, body, attempt, lane)
+        delivery = Delivery(topology, channel, method.delivery_tag, method.routing_key, props, body, attempt, lane)
         self._acks.delivered(method.delivery_tag)
         self._receivers.submit(delivery)
 
@@ -263,7 +260,7 @@ class Consumer:
         if self.max_messages is not None and self.handled >= self.max_messages:
             self.stop()
 
-    def _carry_out(self, delivery: _Delivery, finished: _Finished, settlement: Settlement) -> None:
+    def _carry_out(self, delivery: Delivery, finished: Finished, settlement: Settlement) -> None:
         if settlement.verdict is Verdict.REQUEUED:
             delivery.channel.basic_nack(delivery.tag, requeue=True)
         elif settlement.queue is not None:
@@ -281,7 +278,7 @@ class Consumer:
         conn = self._connection
         return conn is not None and conn.is_open and not self._stop.is_set()
 
-    def _republish(self, channel: Any, delivery: _Delivery, finished: _Finished, queue: str) -> None:
+    def _republish(self, channel: Any, delivery: Delivery, finished: Finished, queue: str) -> None:
         # A sealed copy under our own broker user: the next delivery believes its attempt
         # count and its original publisher (broadcaster.failures), and nothing else does.
         outcome = finished.outcome
@@ -327,7 +324,7 @@ class Consumer:
 
     # -- the receivers' thread -----------------------------------------------------
 
-    def _handle(self, delivery: _Delivery) -> _Finished:
+    def _handle(self, delivery: Delivery) -> Finished:
         """Run the receivers of one delivery (retrying in place on a partition); never raises."""
         started = time.perf_counter()
         self._housekeeping.before_delivery()
@@ -338,7 +335,7 @@ class Consumer:
                 delay = self.settings.retry_delays[attempt - 1]
                 logger.warning("consume_signals: retrying %s in place in %g s", _name(outcome, delivery), delay)
                 if self._stop.wait(delay):  # stopping: left unacked, it comes back in order
-                    return _Finished(delivery, outcome, False, time.perf_counter() - started, attempt, True)
+                    return Finished(delivery, outcome, False, time.perf_counter() - started, attempt, True)
                 attempt += 1
                 outcome = self._dispatch(delivery, attempt)
             if outcome.action is Action.ACK:
@@ -346,9 +343,9 @@ class Consumer:
         except Exception as exc:  # nothing a message carries may stop the daemon
             logger.exception("consume_signals: unexpected error handling delivery %s", delivery.tag)
             outcome = internal_error(exc)
-        return _Finished(delivery, outcome, confirmed, time.perf_counter() - started, attempt)
+        return Finished(delivery, outcome, confirmed, time.perf_counter() - started, attempt)
 
-    def _retry_in_place(self, delivery: _Delivery, outcome: Outcome, attempt: int) -> bool:
+    def _retry_in_place(self, delivery: Delivery, outcome: Outcome, attempt: int) -> bool:
         return (
             outcome.action is Action.RETRY
             and delivery.topology.in_place_retries
@@ -356,7 +353,7 @@ class Consumer:
             and not self._stop.is_set()
         )
 
-    def _dispatch(self, delivery: _Delivery, attempt: int) -> Outcome:
+    def _dispatch(self, delivery: Delivery, attempt: int) -> Outcome:
         reason = properties.undecodable(delivery.properties)
         if reason is not None:
             return Outcome(
@@ -387,7 +384,7 @@ class Consumer:
             return False
         return True
 
-    def _on_finished(self, finished: _Finished) -> None:
+    def _on_finished(self, finished: Finished) -> None:
         # On the receivers' thread: hand the result to the connection's thread and wake it,
         # once per batch of results, so the ack goes out now rather than at the next poll.
         self._finished.append(finished)
@@ -411,153 +408,6 @@ def internal_error(exc: BaseException) -> Outcome:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Delivery:
-    topology: Topology
-    channel: Any
-    tag: int
-    routing_key: str
-    properties: pika.BasicProperties
-    body: bytes
-    attempt: int
-    lane: str | None = None  # the partition key of an ordered event: one at a time per key
-
-
-@dataclass(frozen=True, slots=True)
-class _Finished:
-    delivery: _Delivery
-    outcome: Outcome
-    confirmed: bool  # the events the receivers fired are confirmed by the broker
-    seconds: float
-    attempt: int = 1  # the last attempt (an ordered event is retried in place)
-    abandoned: bool = False  # stopped while waiting to retry: left unacked
-
-
-class _Receivers:
-    """The worker threads that run receivers: at most one delivery per partition key at a time."""
-
-    def __init__(self, handle: Any, on_finished: Any, concurrency: int = 1) -> None:
-        self._handle = handle
-        self._on_finished = on_finished
-        self._lanes: Lanes[_Delivery] = Lanes()
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._running: dict[int, tuple[_Delivery, float]] = {}
-        self._reported: set[int] = set()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"broadcaster-receivers-{index}", daemon=True)
-            for index in range(concurrency)
-        ]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, delivery: _Delivery) -> None:
-        with self._cond:
-            self._lanes.add(delivery, delivery.lane)
-            self._cond.notify()
-
-    @property
-    def busy(self) -> bool:
-        """A delivery is being handled or waits to be."""
-        with self._cond:
-            return bool(self._running) or bool(len(self._lanes))
-
-    def discard_queued(self) -> None:
-        """Forget the deliveries not started (their channel is going; they come back)."""
-        with self._cond:
-            self._lanes.clear()
-
-    def wait_idle(self, stop: threading.Event) -> None:
-        """Wait until no delivery is being handled, or `stop` is set."""
-        with self._cond:
-            while self._running and not stop.is_set():
-                self._cond.wait(0.1)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._lanes.clear()
-            self._cond.notify_all()
-
-    def report_long_running(self, limit: float) -> None:
-        """Log once each delivery whose receivers have run for `limit` seconds (CONSUMER_TIMEOUT)."""
-        now = time.monotonic()
-        with self._cond:
-            late = [
-                d for key, (d, since) in self._running.items() if now - since >= limit and key not in self._reported
-            ]
-            self._reported.update(id(delivery) for delivery in late)
-        for delivery in late:
-            logger.warning(
-                "consume_signals: the receivers of %s have run for more than %g s (CONSUMER_TIMEOUT): "
-                "the broker's consumer_timeout will close the channel and redeliver it",
-                delivery.properties.message_id or f"delivery {delivery.tag}",
-                limit,
-            )
-
-    def _run(self) -> None:
-        try:
-            while (delivery := self._next()) is not None:
-                finished = self._handle(delivery)
-                with self._cond:
-                    self._running.pop(id(delivery), None)
-                    self._reported.discard(id(delivery))
-                    self._lanes.done(delivery.lane)
-                    self._cond.notify_all()
-                self._on_finished(finished)
-        finally:
-            connections.close_all()  # this thread's database connections
-
-    def _next(self) -> _Delivery | None:
-        with self._cond:
-            while not self._stopping and (delivery := self._lanes.take()) is None:
-                self._cond.wait()
-            if self._stopping or delivery is None:
-                return None
-            self._running[id(delivery)] = (delivery, time.monotonic())
-            return delivery
-
-
-class _Housekeeping:
-    """Database upkeep between deliveries, on the receivers' thread."""
-
-    def __init__(self, settings: BroadcasterSettings, subscriptions: Mapping[str, Subscription]) -> None:
-        self._settings = settings
-        self._inbox = any(sub.inbox for sub in subscriptions.values())
-        self._checked = threading.local()
-        self._prune_lock = threading.Lock()
-        self._next_prune = 0.0
-
-    def before_delivery(self) -> None:
-        now = time.monotonic()
-        # As Django does around each request (at most once a second per thread here): a
-        # daemon lives for days, its DB connections must not.
-        if now - getattr(self._checked, "at", 0.0) >= 1.0:
-            close_old_connections()
-            self._checked.at = now
-        if self._inbox and now >= self._next_prune and self._prune_lock.acquire(blocking=False):
-            try:
-                self._prune_inbox(now)
-            finally:
-                self._prune_lock.release()
-
-    def _prune_inbox(self, now: float) -> None:
-        from broadcaster import inbox  # noqa: PLC0415 - models load only once apps are ready
-
-        try:
-            pruned = inbox.prune(self._settings.inbox_retention)
-        except Exception as exc:  # a database hiccup must not stop the daemon
-            self._next_prune = now + _INBOX_PRUNE_RETRY
-            logger.warning("consume_signals: inbox prune failed (%s); trying again in %g s", exc, _INBOX_PRUNE_RETRY)
-            close_old_connections()
-            return
-        self._next_prune = now + _INBOX_PRUNE_EVERY
-        if pruned:
-            logger.info("consume_signals: pruned %d inbox row(s) older than INBOX_RETENTION", pruned)
-
-
 def _lane(props: pika.BasicProperties) -> str | None:
     key = (props.headers or {}).get("ce-partitionkey")
     if isinstance(key, bytes):
@@ -565,12 +415,12 @@ def _lane(props: pika.BasicProperties) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def _name(outcome: Outcome, delivery: _Delivery) -> str:
+def _name(outcome: Outcome, delivery: Delivery) -> str:
     envelope, props = outcome.envelope, delivery.properties
     event = envelope.type if envelope else props.type or "(unknown event)"
     return f"{event} {envelope.id if envelope else props.message_id or '(no id)'}"
 
 
-def _log_dead_letter(outcome: Outcome, delivery: _Delivery, attempt: int) -> None:
+def _log_dead_letter(outcome: Outcome, delivery: Delivery, attempt: int) -> None:
     name, detail = _name(outcome, delivery), outcome.detail[:200]
     logger.error("dead-lettered %s after %d attempt(s): %s: %s", name, attempt, outcome.reason, detail)

@@ -27,11 +27,12 @@ from pydantic import BaseModel, field_validator
 
 import broadcaster
 from broadcaster import properties as amqp_properties
-from broadcaster.consumer import Consumer, _Delivery
+from broadcaster.consumer import Consumer
 from broadcaster.dispatch import Action
 from broadcaster.registry import subscriptions
 from broadcaster.settings import BroadcasterSettings
 from broadcaster.settlement import Verdict, settle
+from broadcaster.workers import Delivery
 from tests import amqp_raw
 
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "800"))
@@ -137,7 +138,7 @@ def _properties(raw: bytes) -> pika.BasicProperties:
 
 def _run(consumer: Consumer, raw: bytes, body: bytes, attempt: int = 1) -> tuple[Verdict, Channel]:
     channel = Channel()
-    delivery = _Delivery(consumer.topology, channel, 7, EVENT, _properties(raw), body, attempt)
+    delivery = Delivery(consumer.topology, channel, 7, EVENT, _properties(raw), body, attempt)
     finished = consumer._handle(delivery)
     outcome = finished.outcome
     assert outcome.action in (Action.ACK, Action.RETRY, Action.DEAD_LETTER)
@@ -201,7 +202,7 @@ def test_header_values_pika_cannot_encode_are_copied_as_text_and_named(consumer:
     }
     props = pika.BasicProperties(content_type="application/json", headers=headers)
     channel = Channel()
-    delivery = _Delivery(consumer.topology, channel, 7, EVENT, props, b'{"amount": "x"}', 1)
+    delivery = Delivery(consumer.topology, channel, 7, EVENT, props, b'{"amount": "x"}', 1)
     finished = consumer._handle(delivery)
     settlement = settle(finished.outcome, 1, consumer.topology)
     consumer._carry_out(delivery, finished, settlement)

@@ -98,10 +98,10 @@ def test_the_same_id_from_another_source_is_another_event() -> None:
 
 
 def test_a_database_error_at_prune_time_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
-    from broadcaster.consumer import _Housekeeping
+    from broadcaster.workers import Housekeeping
 
     broadcaster.subscribe("cms.published", schema=Published, inbox=True)
-    housekeeping = _Housekeeping(get_settings(), subscriptions())
+    housekeeping = Housekeeping(get_settings(), subscriptions())
     original = inbox.prune
 
     def broken(retention: float, using: str = "default") -> int:

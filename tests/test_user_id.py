@@ -10,11 +10,12 @@ from pydantic import BaseModel
 
 import broadcaster
 from broadcaster import failures
-from broadcaster.consumer import Consumer, _Delivery, _Finished
+from broadcaster.consumer import Consumer
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.envelope import Envelope, properties_for
 from broadcaster.registry import subscriptions
 from broadcaster.settings import BroadcasterSettings
+from broadcaster.workers import Delivery, Finished
 
 
 class Ping(BaseModel):
@@ -43,9 +44,9 @@ def test_a_retried_event_still_passes_require_user_id() -> None:
 
     # The receiver raised once: the consumer sends the message to its delay queue.
     channel, consumer = _Channel(), Consumer(config, subscriptions())
-    delivery = _Delivery(consumer.topology, channel, 1, "orders.ping", props, b'{"n": 1}', 1)
+    delivery = Delivery(consumer.topology, channel, 1, "orders.ping", props, b'{"n": 1}', 1)
     failed = Outcome(Action.RETRY, first.envelope, "receiver-error", "boom", "RuntimeError")
-    consumer._republish(channel, delivery, _Finished(delivery, failed, True, 0.0, 1), "billing.delay.1000ms")
+    consumer._republish(channel, delivery, Finished(delivery, failed, True, 0.0, 1), "billing.delay.1000ms")
     [(_, body, retried)] = channel.published
 
     second = dispatch(retried, body, settings=config, subscriptions=subscriptions(), attempt=2)
@@ -62,9 +63,9 @@ def _wire(properties: pika.BasicProperties) -> pika.BasicProperties:
 def _fail(consumer: Consumer, props: pika.BasicProperties, body: bytes, attempt: int) -> pika.BasicProperties:
     """What the consumer republishes after the receiver raised on delivery `attempt`, as read back."""
     channel = _Channel()
-    delivery = _Delivery(consumer.topology, channel, 1, "orders.ping", props, body, attempt)
+    delivery = Delivery(consumer.topology, channel, 1, "orders.ping", props, body, attempt)
     failed = Outcome(Action.RETRY, None, "receiver-error", "boom", "builtins.RuntimeError")
-    consumer._republish(channel, delivery, _Finished(delivery, failed, True, 0.0, attempt), "billing.delay.1000ms")
+    consumer._republish(channel, delivery, Finished(delivery, failed, True, 0.0, attempt), "billing.delay.1000ms")
     [(_, _, retried)] = channel.published
     return _wire(retried)
 

@@ -1,0 +1,181 @@
+"""The consumer daemon's worker threads: they run receivers while the connection's thread talks to the broker.
+
+`Receivers` is a pool of CONCURRENCY threads fed deliveries in arrival order; ordered
+events of one partition key run one at a time (`broadcaster.scheduler.Lanes`). Each
+finished delivery goes back to the connection's thread through the callback it was
+given. `Housekeeping` is the database upkeep a worker does between deliveries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+from django.db import close_old_connections, connections
+
+from broadcaster.dispatch import Outcome
+from broadcaster.registry import Subscription
+from broadcaster.scheduler import Lanes
+from broadcaster.settings import BroadcasterSettings
+from broadcaster.topology import Topology
+
+__all__ = ["Delivery", "Finished", "Housekeeping", "Receivers"]
+
+logger = logging.getLogger("broadcaster.consumer")
+
+_INBOX_PRUNE_EVERY = 3600.0
+_INBOX_PRUNE_RETRY = 60.0  # after a database error
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    topology: Topology
+    channel: Any
+    tag: int
+    routing_key: str
+    properties: pika.BasicProperties
+    body: bytes
+    attempt: int
+    lane: str | None = None  # the partition key of an ordered event: one at a time per key
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    delivery: Delivery
+    outcome: Outcome
+    confirmed: bool  # the events the receivers fired are confirmed by the broker
+    seconds: float
+    attempt: int = 1  # the last attempt (an ordered event is retried in place)
+    abandoned: bool = False  # stopped while waiting to retry: left unacked
+
+
+class Receivers:
+    """The worker threads that run receivers: at most one delivery per partition key at a time."""
+
+    def __init__(
+        self, handle: Callable[[Delivery], Finished], on_finished: Callable[[Finished], None], concurrency: int = 1
+    ) -> None:
+        self._handle = handle
+        self._on_finished = on_finished
+        self._lanes: Lanes[Delivery] = Lanes()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._running: dict[int, tuple[Delivery, float]] = {}
+        self._reported: set[int] = set()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"broadcaster-receivers-{index}", daemon=True)
+            for index in range(concurrency)
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, delivery: Delivery) -> None:
+        with self._cond:
+            self._lanes.add(delivery, delivery.lane)
+            self._cond.notify()
+
+    @property
+    def busy(self) -> bool:
+        """A delivery is being handled or waits to be."""
+        with self._cond:
+            return bool(self._running) or bool(len(self._lanes))
+
+    def discard_queued(self) -> None:
+        """Forget the deliveries not started (their channel is going; they come back)."""
+        with self._cond:
+            self._lanes.clear()
+
+    def wait_idle(self, stop: threading.Event) -> None:
+        """Wait until no delivery is being handled, or `stop` is set."""
+        with self._cond:
+            while self._running and not stop.is_set():
+                self._cond.wait(0.1)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._lanes.clear()
+            self._cond.notify_all()
+
+    def report_long_running(self, limit: float) -> None:
+        """Log once each delivery whose receivers have run for `limit` seconds (CONSUMER_TIMEOUT)."""
+        now = time.monotonic()
+        with self._cond:
+            late = [
+                d for key, (d, since) in self._running.items() if now - since >= limit and key not in self._reported
+            ]
+            self._reported.update(id(delivery) for delivery in late)
+        for delivery in late:
+            logger.warning(
+                "consume_signals: the receivers of %s have run for more than %g s (CONSUMER_TIMEOUT): "
+                "the broker's consumer_timeout will close the channel and redeliver it",
+                delivery.properties.message_id or f"delivery {delivery.tag}",
+                limit,
+            )
+
+    def _run(self) -> None:
+        try:
+            while (delivery := self._next()) is not None:
+                finished = self._handle(delivery)
+                with self._cond:
+                    self._running.pop(id(delivery), None)
+                    self._reported.discard(id(delivery))
+                    self._lanes.done(delivery.lane)
+                    self._cond.notify_all()
+                self._on_finished(finished)
+        finally:
+            connections.close_all()  # this thread's database connections
+
+    def _next(self) -> Delivery | None:
+        with self._cond:
+            while not self._stopping and (delivery := self._lanes.take()) is None:
+                self._cond.wait()
+            if self._stopping or delivery is None:
+                return None
+            self._running[id(delivery)] = (delivery, time.monotonic())
+            return delivery
+
+
+class Housekeeping:
+    """Database upkeep between deliveries, on the receivers' thread."""
+
+    def __init__(self, settings: BroadcasterSettings, subscriptions: Mapping[str, Subscription]) -> None:
+        self._settings = settings
+        self._inbox = any(sub.inbox for sub in subscriptions.values())
+        self._checked = threading.local()
+        self._prune_lock = threading.Lock()
+        self._next_prune = 0.0
+
+    def before_delivery(self) -> None:
+        now = time.monotonic()
+        # As Django does around each request (at most once a second per thread here): a
+        # daemon lives for days, its DB connections must not.
+        if now - getattr(self._checked, "at", 0.0) >= 1.0:
+            close_old_connections()
+            self._checked.at = now
+        if self._inbox and now >= self._next_prune and self._prune_lock.acquire(blocking=False):
+            try:
+                self._prune_inbox(now)
+            finally:
+                self._prune_lock.release()
+
+    def _prune_inbox(self, now: float) -> None:
+        from broadcaster import inbox  # noqa: PLC0415 - models load only once apps are ready
+
+        try:
+            pruned = inbox.prune(self._settings.inbox_retention)
+        except Exception as exc:  # a database hiccup must not stop the daemon
+            self._next_prune = now + _INBOX_PRUNE_RETRY
+            logger.warning("consume_signals: inbox prune failed (%s); trying again in %g s", exc, _INBOX_PRUNE_RETRY)
+            close_old_connections()
+            return
+        self._next_prune = now + _INBOX_PRUNE_EVERY
+        if pruned:
+            logger.info("consume_signals: pruned %d inbox row(s) older than INBOX_RETENTION", pruned)

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error
+from django.core.checks import Warning as CheckWarning
 
 from broadcaster.settings import validate
 
@@ -14,8 +15,10 @@ __all__ = ["check_settings"]
 
 
 def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """broadcaster.E001-E005: the BROADCASTER setting is missing or invalid."""
-    _, problems = validate()
+    """broadcaster.E001-E005, E010-E011: the BROADCASTER setting is missing or invalid; W010: see below."""
+    settings, problems = validate()
+    if settings is not None and len(settings.broker_urls) > 1 and settings.queue_type == "classic":
+        return [_CLASSIC_ON_CLUSTER]
     return [
         Error(
             problem.message,
@@ -27,9 +30,22 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     ]
 
 
+# A classic queue lives on one node: while that node is down its service consumes nothing.
+_CLASSIC_ON_CLUSTER = CheckWarning(
+    'BROADCASTER["BROKER_URL"] lists several nodes but QUEUE_TYPE is "classic": a classic queue lives on '
+    "one node, and its messages are out of reach while that node is down",
+    hint='Set QUEUE_TYPE = "quorum" on a cluster (see docs/cluster.md for moving an existing queue).',
+    obj="settings.BROADCASTER",
+    id="broadcaster.W010",
+)
+
 _HINTS = {
     "broadcaster.E001": 'Add BROADCASTER = {"SERVICE_NAME": "orders"} to your settings.',
     "broadcaster.E002": "SERVICE_NAME names this service's queue and the source of its events.",
     "broadcaster.E003": "Use amqp://user:password@host:5672/vhost (or amqps://), or set BROADCASTER_BROKER_URL.",
     "broadcaster.E004": "See the settings reference in the README for the keys BROADCASTER accepts.",
+    "broadcaster.E010": "A client fails over from node to node with one TLS configuration: use amqp:// "
+    "or amqps:// for all of them.",
+    "broadcaster.E011": "A client fails over from node to node with one user: give every URL the same "
+    "user, password and vhost.",
 }

@@ -139,6 +139,8 @@ class Publisher:
     def __init__(self, settings: BroadcasterSettings) -> None:
         self._settings = settings
         self._params = connection.parameters(settings, "publisher")
+        self._nodes = connection.Nodes(settings, "publisher")
+        self._node = self._nodes.all[0]  # the node of the connection being made or open
         self._signing_key = settings.signing_key
         self._user_id: str | None = getattr(self._params.credentials, "username", None)
         self._lock = threading.Lock()  # send() takes it directly: cheaper than the condition's
@@ -158,7 +160,6 @@ class Publisher:
         self._tick: Any = None  # the I/O loop's timer of the next drain
         self._next_tag = 0
         self._republishing = 0  # messages at the front of the buffer that were sent before
-        self._failures = 0
         self.pid = os.getpid()
 
     # -- caller's side -------------------------------------------------------------
@@ -245,8 +246,9 @@ class Publisher:
         self._ioloop.start()
 
     def _connect(self) -> None:
+        self._node = self._nodes.next()
         self._connection = _BatchingConnection(
-            self._params,
+            self._node.params,
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
@@ -269,8 +271,8 @@ class Publisher:
 
     def _on_declared(self, _frame: object) -> None:
         with self._cond:
-            self._ready, self._next_tag, self._failures = True, 0, 0
-        logger.info("publisher connected to %s", self._settings.redacted_broker_url)
+            self._ready, self._next_tag = True, 0
+        self._nodes.connected(self._node)  # logs "publisher connected to <node>"
         self._drain()
 
     def _on_tick(self) -> None:
@@ -371,9 +373,7 @@ class Publisher:
             self._connection.close()
 
     def _on_open_error(self, _conn: object, error: str | Exception) -> None:
-        logger.warning(
-            "publisher cannot connect to %s: %s", self._settings.redacted_broker_url, connection.describe(error)
-        )
+        logger.warning("publisher cannot connect to %s: %s", self._node.label, connection.describe(error))
         self._schedule_reconnect()
 
     def _on_closed(self, _conn: object, reason: BaseException) -> None:
@@ -394,8 +394,8 @@ class Publisher:
         if self._closing:
             self._ioloop.stop()
             return
-        self._failures += 1
-        self._ioloop.call_later(connection.backoff(self._failures, self._settings.reconnect_max_delay), self._connect)
+        # The next node at once; the back-off only once every node failed in turn.
+        self._ioloop.call_later(self._nodes.failed(), self._connect)
 
     def _shutdown(self) -> None:
         assert self._ioloop is not None

@@ -338,8 +338,11 @@ class Publisher:
             observability.publish_failed("nack", len(done))
         else:
             observability.confirmed([message.envelope for message in done])
-        if nacked and self._ioloop is not None:
-            self._ioloop.call_later(0.1, self._drain)
+        if nacked:
+            # Publish again on a fresh connection, not on this channel: a channel whose queue
+            # lost its leader in a cluster can go on nacking everything it is given (seen on
+            # RabbitMQ 3.10 with quorum queues), while a new channel is served at once.
+            self._close_connection()
 
     def _take_confirmed(self, tag: int, multiple: bool) -> list[OutboundMessage]:
         if not multiple:

@@ -41,6 +41,16 @@ if "RETRY_DELAYS" in os.environ:
     BROADCASTER["RETRY_DELAYS"] = [float(delay) for delay in os.environ["RETRY_DELAYS"].split(",")]
 if "PUBLISH_MODE" in os.environ:
     BROADCASTER["PUBLISH_MODE"] = os.environ["PUBLISH_MODE"]
+if "QUEUE_TYPE" in os.environ:
+    BROADCASTER["QUEUE_TYPE"] = os.environ["QUEUE_TYPE"]
+if os.environ.get("LOG_CONNECTIONS"):
+    # The cluster tests read from each process's stderr which node its clients connected to.
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+        "loggers": {"broadcaster": {"handlers": ["stderr"], "level": "INFO"}},
+    }
 
 # Comma-separated wirings from relay.apps.WIRINGS, e.g. "producer" or "ping-to-pong".
 ROLE = os.environ.get("ROLE", "")

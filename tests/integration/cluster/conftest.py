@@ -8,6 +8,7 @@ the cluster's nodes only, never the main broker, so they need only the shared lo
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import time
@@ -102,7 +103,8 @@ class Cluster:
     def heal(self, node: int) -> None:
         """Give `node` the machine's cookie for its peers again and reconnect them."""
         peers = ",".join(f"'bcast{other}@localhost'" for other in PORTS if other != node)
-        node_eval(node, f"[begin erlang:set_cookie(P, erlang:get_cookie()), net_adm:ping(P) end || P <- [{peers}]], ok.")
+        restore = "begin erlang:set_cookie(P, erlang:get_cookie()), net_adm:ping(P) end"
+        node_eval(node, f"[{restore} || P <- [{peers}]], ok.")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -135,10 +137,8 @@ def nodes(cluster: Cluster) -> Iterator[Cluster]:
     """The cluster, with every node healed and running again after the test, whatever it did."""
     yield cluster
     for node in PORTS:
-        try:
+        with contextlib.suppress(AssertionError):  # the node is down: start brings it back
             cluster.heal(node)
-        except AssertionError:
-            pass  # the node is down: start brings it back
     cluster_sh("start")
 
 
@@ -147,10 +147,8 @@ class ClusterBroker(Broker):
 
     def reconnect(self) -> None:
         if (old := getattr(self, "connection", None)) is not None:
-            try:
+            with contextlib.suppress(ValueError):  # pika closed the I/O loop of a connection whose node died
                 _release(old)
-            except ValueError:
-                pass  # pika's I/O loop of a connection whose node died is closed already
         params = [pika.URLParameters(url + "?connection_attempts=1") for url in URLS]
         self.connection = pika.BlockingConnection(params)
         self.channel = self.connection.channel()

@@ -67,7 +67,8 @@ def test_each_node_killed_under_the_publisher_and_the_daemon(
         nodes.start(victim)
 
     check(classify(range(3 * COUNT), seen), "cluster: each node SIGKILLed in turn (total)", summarize)
-    assert daemon.alive and daemon.proc.pid == pid, "the daemon was restarted"
+    assert daemon.alive
+    assert daemon.proc.pid == pid, "the daemon was restarted"
     assert connected_nodes(daemon.log(), "consumer") == [1, 2, 3, 1]
 
 
@@ -142,5 +143,6 @@ def test_outbox_relay_through_a_node_kill(
     check(tally, "cluster: outbox relay through a node kill", summarize)
     summarize(f"cluster: outbox relay, every event delivered {time.monotonic() - started:.1f} s after the kill")
     wait_for(lambda: unpublished(orders) == 0, 30, "the outbox rows to be stamped published")
-    assert relay.alive and daemon.alive
+    assert relay.alive
+    assert daemon.alive
     assert connected_nodes(relay.log(), "publisher")[-1] != 1

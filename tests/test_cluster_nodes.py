@@ -146,3 +146,15 @@ def test_the_publisher_delivers_through_the_next_node_when_the_first_is_down(bro
     finally:
         publisher.close(5)
     assert len(broker.drain(queue)) == 20
+
+
+def test_the_daemon_starts_on_the_next_node_when_the_first_is_down(
+    broker: Broker, daemon: Any, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F"
+    settings.BROADCASTER = {**settings.BROADCASTER, "BROKER_URL": [dead, BROKER_URL]}
+    caplog.set_level(logging.INFO, "broadcaster")
+    consumer = daemon()
+    assert consumer._nodes.current is consumer._nodes.all[1]
+    assert "trying the next node" in caplog.text
+    assert "consumer connected to amqp://guest:***@127.0.0.1:5672/%2F" in caplog.text

@@ -15,7 +15,7 @@ __all__ = ["check_settings"]
 
 
 def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """broadcaster.E001-E005, E010-E011: the BROADCASTER setting is missing or invalid; W010: see below."""
+    """broadcaster.E001-E005, E020-E021: the BROADCASTER setting is missing or invalid; W020: see below."""
     settings, problems = validate()
     if settings is not None and len(settings.broker_urls) > 1 and settings.queue_type == "classic":
         return [_CLASSIC_ON_CLUSTER]
@@ -36,7 +36,7 @@ _CLASSIC_ON_CLUSTER = CheckWarning(
     "one node, and its messages are out of reach while that node is down",
     hint='Set QUEUE_TYPE = "quorum" on a cluster (see docs/cluster.md for moving an existing queue).',
     obj="settings.BROADCASTER",
-    id="broadcaster.W010",
+    id="broadcaster.W020",
 )
 
 _HINTS = {
@@ -44,8 +44,8 @@ _HINTS = {
     "broadcaster.E002": "SERVICE_NAME names this service's queue and the source of its events.",
     "broadcaster.E003": "Use amqp://user:password@host:5672/vhost (or amqps://), or set BROADCASTER_BROKER_URL.",
     "broadcaster.E004": "See the settings reference in the README for the keys BROADCASTER accepts.",
-    "broadcaster.E010": "A client fails over from node to node with one TLS configuration: use amqp:// "
+    "broadcaster.E020": "A client fails over from node to node with one TLS configuration: use amqp:// "
     "or amqps:// for all of them.",
-    "broadcaster.E011": "A client fails over from node to node with one user: give every URL the same "
+    "broadcaster.E021": "A client fails over from node to node with one user: give every URL the same "
     "user, password and vhost.",
 }

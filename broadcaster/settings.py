@@ -305,7 +305,7 @@ class SettingProblem:
 # Each key gets its own system check id, so users and tests can silence or match one.
 _CHECK_IDS = {"SERVICE_NAME": "broadcaster.E002", "BROKER_URL": "broadcaster.E003"}
 # Nodes of a BROKER_URL list that disagree, by pydantic error type.
-_TYPE_IDS = {"broker_url_schemes": "broadcaster.E010", "broker_url_credentials": "broadcaster.E011"}
+_TYPE_IDS = {"broker_url_schemes": "broadcaster.E020", "broker_url_credentials": "broadcaster.E021"}
 _UNKNOWN_KEY_ID = "broadcaster.E004"
 _INVALID_VALUE_ID = "broadcaster.E005"
 _NOT_A_DICT_ID = "broadcaster.E001"

@@ -62,6 +62,10 @@ REASONS = {
     "upcast-failed": "An upcaster raised on the payload.",
     "schema-violation": "The payload does not validate against the subscription's schema.",
     "receiver-error": "A receiver raised on every attempt (`RETRY_DELAYS` plus one); the last exception is kept.",
+    "undecodable": "pika cannot decode the message's properties (a timestamp past year 9999, tables nested "
+    "past the recursion limit); the body is kept, the headers are lost.",
+    "internal-error": "An exception nobody foresaw on the way to the receivers (a schema's own validator raising "
+    "something other than `ValueError`, an upcaster bug); its type and message are kept.",
 }
 
 _CHECK_MEANINGS = {
@@ -71,6 +75,11 @@ _CHECK_MEANINGS = {
     "broadcaster.E004": "A key that is not a setting (a typo).",
     "broadcaster.E005": "Any other invalid value, including combinations (TLS without `amqps://`, "
     "`SIGNING_KEY_ID` not in `SIGNING_KEYS`, `REQUIRE_SIGNATURES` without keys).",
+    "broadcaster.E020": "`BROKER_URL` lists nodes of different schemes (`amqp://` and `amqps://`); names the entry.",
+    "broadcaster.E021": "`BROKER_URL` lists a node with another user, password or vhost than the first; names the "
+    "entry (never its password).",
+    "broadcaster.W020": "A warning: `BROKER_URL` lists several nodes and `QUEUE_TYPE` is `classic`, whose queues "
+    "live on one node (see the cluster page).",
 }
 
 # Options every Django command has; the reference lists only the command's own.
@@ -216,6 +225,8 @@ def check_ids() -> list[str]:
         broadcaster_settings._UNKNOWN_KEY_ID,
         broadcaster_settings._INVALID_VALUE_ID,
         *broadcaster_settings._CHECK_IDS.values(),
+        *broadcaster_settings._TYPE_IDS.values(),
+        checks._CLASSIC_ON_CLUSTER.id or "",
     }
     return sorted(found)
 

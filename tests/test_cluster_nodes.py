@@ -59,7 +59,7 @@ def test_a_bad_entry_is_named_without_its_password(settings: Any) -> None:
 def test_mixed_schemes_are_an_error_naming_the_entry(settings: Any) -> None:
     amqps = "amqps://svc:s3cret@rabbit-3.internal:5671/prod"
     [(check_id, text)] = problems(settings, [*NODES[:2], amqps])
-    assert check_id == "broadcaster.E010"
+    assert check_id == "broadcaster.E020"
     assert "entry 3 (amqps://svc:***@rabbit-3.internal:5671/prod)" in text
     assert "s3cret" not in text
 
@@ -75,14 +75,14 @@ def test_mixed_schemes_are_an_error_naming_the_entry(settings: Any) -> None:
 )
 def test_other_credentials_are_an_error_naming_the_entry(settings: Any, odd: str) -> None:
     [(check_id, text)] = problems(settings, [NODES[0], odd])
-    assert check_id == "broadcaster.E011"
+    assert check_id == "broadcaster.E021"
     assert "entry 2 (" in text
     assert "s3cret" not in text
     assert "0ther" not in text
 
 
 def test_classic_queues_on_several_nodes_warn(settings: Any) -> None:
-    assert [check_id for check_id, _ in problems(settings, NODES)] == ["broadcaster.W010"]
+    assert [check_id for check_id, _ in problems(settings, NODES)] == ["broadcaster.W020"]
     assert problems(settings, NODES, QUEUE_TYPE="quorum") == []
     assert problems(settings, NODES[0]) == []  # one node: nothing to fail over to
 

@@ -47,6 +47,13 @@ faults: $(STAMP) services
 	$(BIN)/pytest -m faults
 
 test: lint typecheck suite django42 faults
+test: cluster
+
+# Fault tests on a three-node RabbitMQ cluster (scripts/cluster.sh); the test session starts
+# the cluster when it is not running (about half a minute) and stops it afterwards.
+.PHONY: cluster
+cluster: $(STAMP) services
+	$(BIN)/pytest -m cluster
 
 # Raw pika baselines and the library in one run; writes bench/results/ (see bench/README.md).
 bench: $(STAMP) services

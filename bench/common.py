@@ -19,7 +19,9 @@ import pika
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-BROKER_URL = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+# Raw pika talks to one node: the first of a cluster's list, where the library connects first.
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F").split(";")[0]
+QUEUE_TYPE = os.environ.get("BENCH_QUEUE_TYPE", "classic")
 RAW_KEY = "bench.raw"
 RAW_LATENCY_KEY = "bench.raw.latency"
 SINK_KEY = "bench.sink"
@@ -75,7 +77,7 @@ def setup_broker(names: Names) -> dict[str, Any]:
             # The memory burst and the outbox relay publish here; the broker keeps only the newest.
             (names.sink_queue, SINK_KEY, {"x-max-length": 1000}),
         ):
-            channel.queue_declare(queue, durable=True, arguments=arguments)
+            channel.queue_declare(queue, durable=True, arguments={"x-queue-type": QUEUE_TYPE, **(arguments or {})})
             channel.queue_bind(queue, names.exchange, routing_key=key)
         return dict(conn._impl.server_properties)
     finally:

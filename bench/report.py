@@ -157,7 +157,30 @@ def rows(results: dict[str, Any]) -> list[Row]:
     )
     out.extend(_latency_rows(results))
     out.extend(_burst_rows(results.get("burst", {})))
+    out.extend(_cluster_rows(results.get("cluster", {})))
     return out
+
+
+def _cluster_rows(cluster: dict[str, Any]) -> list[Row]:
+    """Library vs raw pika on the three-node cluster with quorum queues (bench.cluster)."""
+    if "rounds" not in cluster:
+        return [_shown("Three-node cluster, quorum queues", f"not run: {cluster.get('error', 'no result')}")]
+    rounds = cluster["rounds"]
+    pairs = [
+        ("Cluster (3 nodes, quorum): confirmed publish vs raw pipelined confirms", "library_publish", "raw_confirms"),
+        ("Cluster (3 nodes, quorum): consume_signals vs raw manual acks", "daemon", "raw_consume"),
+    ]
+    return [
+        Row(
+            measure,
+            _rate(_median(_figures(rounds, key))),
+            _rate(_median(_figures(rounds, baseline))),
+            _ratio(_paired_ratio(rounds, key, baseline)),
+            "reported",
+            None,
+        )
+        for measure, key, baseline in pairs
+    ]
 
 
 def _outbox_rows(outbox: dict[str, Any]) -> list[Row]:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from bench import common, library, rawpika, report, scenarios
+from bench import cluster, common, library, rawpika, report, scenarios
 from bench.common import Names
 from bench.events import EVENT, body_for
 
@@ -89,6 +89,9 @@ def _run_all(args: argparse.Namespace, names: Names, results: dict[str, Any]) ->
     )
     results["burst"] = _step("memory burst", lambda: _burst(names, args.burst))
     results["outbox"] = _step("outbox relay", lambda: _outbox(names, args.outbox_count))
+    # Last: starting the three-node cluster loads the machine for half a minute.
+    rounds = min(args.rounds, 3)
+    results["cluster"] = _step("three-node cluster, quorum queues", lambda: cluster.measure(args.count, rounds))
 
 
 def _round(count: int, names: Names, *, raw_first: bool) -> dict[str, Any]:

@@ -32,6 +32,7 @@ BROADCASTER = {
     "QUEUE": f"bench-{RUN_ID}-{ROLE}",
     "PUBLISH_MODE": os.environ.get("BENCH_PUBLISH_MODE", "on_commit"),
     "MAX_BUFFER": int(os.environ.get("BENCH_MAX_BUFFER", "10000")),
+    "QUEUE_TYPE": os.environ.get("BENCH_QUEUE_TYPE", "classic"),
     # One delay queue is enough here and keeps set-up and clean-up short.
     "RETRY_DELAYS": [1.0],
 }

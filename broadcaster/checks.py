@@ -18,8 +18,10 @@ ERROR_REPORTS_ID = "broadcaster.W001"
 
 
 def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """broadcaster.E001-E005: the BROADCASTER setting is missing or invalid."""
-    _, problems = validate()
+    """broadcaster.E001-E005, E020-E021: the BROADCASTER setting is missing or invalid; W020: see below."""
+    settings, problems = validate()
+    if settings is not None and len(settings.broker_urls) > 1 and settings.queue_type == "classic":
+        return [_CLASSIC_ON_CLUSTER]
     return [
         Error(
             problem.message,
@@ -107,6 +109,15 @@ def check_outbox_database(
     ]
 
 
+# A classic queue lives on one node: while that node is down its service consumes nothing.
+_CLASSIC_ON_CLUSTER = Warning(
+    'BROADCASTER["BROKER_URL"] lists several nodes but QUEUE_TYPE is "classic": a classic queue lives on '
+    "one node, and its messages are out of reach while that node is down",
+    hint='Set QUEUE_TYPE = "quorum" on a cluster (see docs/cluster.md for moving an existing queue).',
+    obj="settings.BROADCASTER",
+    id="broadcaster.W020",
+)
+
 _HINTS = {
     "broadcaster.E001": 'Add BROADCASTER = {"SERVICE_NAME": "orders"} to your settings.',
     "broadcaster.E002": "SERVICE_NAME names this service's queue and the source of its events.",
@@ -115,4 +126,8 @@ _HINTS = {
     ERROR_REPORTS_ID: 'Set DEFAULT_EXCEPTION_REPORTER_FILTER = "broadcaster.reporting.SafeExceptionReporterFilter" '
     "(or a subclass of it).",
     "broadcaster.E011": "Upgrade the database server, or use PUBLISH_MODE='on_commit' with it.",
+    "broadcaster.E020": "A client fails over from node to node with one TLS configuration: use amqp:// "
+    "or amqps:// for all of them.",
+    "broadcaster.E021": "A client fails over from node to node with one user: give every URL the same "
+    "user, password and vhost.",
 }

@@ -97,7 +97,8 @@ class Consumer:
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._consumer_tags: list[str] = []
-        self._frame_max = connection.parameters(settings, "consumer").frame_max
+        self._nodes = connection.Nodes(settings, "consumer")
+        self._frame_max = self._nodes.all[0].params.frame_max
         self._submitted = 0
         self._finished: deque[Finished] = deque()
         self._wake_pending = False
@@ -123,7 +124,7 @@ class Consumer:
         properties.install_tolerant_decoder()
         self._receivers.start()
         try:
-            self._connect()
+            self._connect_first()
             self._log_start()
             self._consume()
             self._finish_in_hand()
@@ -146,24 +147,22 @@ class Consumer:
         )
 
     def _consume(self) -> None:
-        failures = 0
         while not self._stop.is_set():
             try:
                 if self._connection is None:
                     # A receiver still running holds a delivery of the lost channel; let it
                     # finish before its redelivery can arrive, so it does not run twice at once.
                     self._receivers.wait_idle(self._stop)
-                    self._connect()
-                    failures = 0
-                    logger.info("consume_signals: reconnected to %s", self.settings.redacted_broker_url)
+                    node = self._connect()
+                    logger.info("consume_signals: reconnected to %s", node.label)
                 assert self._connection is not None  # connected just above
                 self._connection.process_data_events(time_limit=_POLL)
                 self._settle_finished()
                 self._receivers.report_long_running(self.settings.consumer_timeout)
             except (*_CONNECTION_ERRORS, *_COPY_REFUSED, BrokerUnavailable) as exc:
-                failures += 1
                 self._drop_connection()
-                delay = connection.backoff(failures, self.settings.reconnect_max_delay)
+                # The next node at once; the back-off only once every node failed in turn.
+                delay = self._nodes.failed()
                 logger.warning("consume_signals: connection lost (%s); retrying in %.1f s", describe(exc), delay)
                 self._stop.wait(delay)
 
@@ -184,14 +183,25 @@ class Consumer:
     def _summary(self) -> str:
         return ", ".join(f"{name} {count}" for name, count in sorted(self.counts.items())) or "none"
 
-    def _connect(self) -> None:
-        params = connection.parameters(self.settings, "consumer")
+    def _connect_first(self) -> None:
+        # Every node once; a daemon none of them answers stops at once (see run()).
+        for tried in range(1, len(self._nodes.all) + 1):
+            try:
+                self._connect()
+                return
+            except BrokerUnavailable as exc:
+                if tried == len(self._nodes.all):
+                    raise
+                logger.warning("consume_signals: %s; trying the next node", exc)
+                self._nodes.failed()
+
+    def _connect(self) -> connection.Node:
+        """Connect to the next node of BROKER_URL, declare the topology and consume; return the node."""
+        node = self._nodes.next()
         try:
-            conn = pika.BlockingConnection(params)
+            conn = pika.BlockingConnection(node.params)
         except _CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(
-                f"cannot connect to the broker at {self.settings.redacted_broker_url}: {describe(exc)}"
-            ) from exc
+            raise BrokerUnavailable(f"cannot connect to the broker at {node.label}: {describe(exc)}") from exc
         try:
             channel = conn.channel()
             channel.confirm_delivery()
@@ -207,6 +217,8 @@ class Consumer:
         self._connection, self._channel = conn, channel
         self._acks = AckWindow()
         self.connections_opened += 1
+        self._nodes.connected(node)
+        return node
 
     def _declare(self, channel: Any) -> None:
         for topology, events in self._bindings:

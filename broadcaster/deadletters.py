@@ -157,7 +157,7 @@ def connect(settings: BroadcasterSettings) -> Iterator[Any]:
     """
     properties.install_tolerant_decoder()  # a dead letter pika cannot decode must not end the walk
     try:
-        conn = pika.BlockingConnection(connection.parameters(settings, "dead-letters"))
+        conn = connection.connect_blocking(connection.Nodes(settings, "dead-letters"))
     except _CONNECTION_ERRORS as exc:
         raise BrokerUnavailable(_unreachable(settings, "cannot connect to", exc)) from exc
     try:

@@ -25,8 +25,8 @@ _NOTHING = "^$"  # matches no name this library uses: RabbitMQ reads '' as "noth
 
 
 def vhost(settings: BroadcasterSettings) -> str:
-    """The virtual host of BROKER_URL (``/`` when the URL names none); the first URL's of several."""
-    path = urlsplit(settings.broker_url.split(";", 1)[0]).path
+    """The virtual host of BROKER_URL (``/`` when the URL names none)."""
+    path = urlsplit(settings.broker_urls[0]).path  # every node has the same (a system check)
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 

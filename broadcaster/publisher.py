@@ -76,6 +76,8 @@ class Publisher:
         self._settings = settings
         self._role = role
         self._params = connection.parameters(settings, role)
+        self._nodes = connection.Nodes(settings, role)
+        self._node = self._nodes.all[0]  # the node of the connection being made or open
         self._signing_key = settings.signing_key
         self._user_id: str | None = getattr(self._params.credentials, "username", None)
         self._lock = threading.Lock()  # send() takes it directly: cheaper than the condition's
@@ -95,7 +97,6 @@ class Publisher:
         self._tick: Any = None  # the I/O loop's timer of the next drain
         self._next_tag = 0
         self._republishing = 0  # messages at the front of the buffer that were sent before
-        self._failures = 0
         self.pid = os.getpid()
 
     # -- caller's side -------------------------------------------------------------
@@ -205,8 +206,9 @@ class Publisher:
             self._ioloop.close()  # its poller and wake-up sockets: a closed publisher holds no descriptor
 
     def _connect(self) -> None:
+        self._node = self._nodes.next()
         self._connection = pikacompat.BatchingConnection(
-            self._params,
+            self._node.params,
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
@@ -232,8 +234,8 @@ class Publisher:
 
     def _on_declared(self, _frame: object) -> None:
         with self._cond:
-            self._ready, self._next_tag, self._failures = True, 0, 0
-        logger.info("publisher connected to %s", self._settings.redacted_broker_url)
+            self._ready, self._next_tag = True, 0
+        self._nodes.connected(self._node)  # logs "publisher connected to <node>"
         self._drain()
 
     def _on_tick(self) -> None:
@@ -299,8 +301,11 @@ class Publisher:
             observability.publish_failed("nack", len(done))
         else:
             observability.confirmed([message.envelope for message in done])
-        if nacked and self._ioloop is not None:
-            self._ioloop.call_later(0.1, self._drain)
+        if nacked:
+            # Publish again on a fresh connection, not on this channel: a channel whose queue
+            # lost its leader in a cluster can go on nacking everything it is given (seen on
+            # RabbitMQ 3.10 with quorum queues), while a new channel is served at once.
+            self._close_connection()
 
     def _take_confirmed(self, tag: int, multiple: bool) -> list[OutboundMessage]:
         if not multiple:
@@ -334,9 +339,7 @@ class Publisher:
             self._connection.close()
 
     def _on_open_error(self, _conn: object, error: str | Exception) -> None:
-        logger.warning(
-            "publisher cannot connect to %s: %s", self._settings.redacted_broker_url, connection.describe(error)
-        )
+        logger.warning("publisher cannot connect to %s: %s", self._node.label, connection.describe(error))
         self._schedule_reconnect()
 
     def _on_closed(self, _conn: object, reason: BaseException) -> None:
@@ -357,8 +360,8 @@ class Publisher:
         if self._closing:
             self._ioloop.stop()
             return
-        self._failures += 1
-        self._ioloop.call_later(connection.backoff(self._failures, self._settings.reconnect_max_delay), self._connect)
+        # The next node at once; the back-off only once every node failed in turn.
+        self._ioloop.call_later(self._nodes.failed(), self._connect)
 
     def _shutdown(self) -> None:
         assert self._ioloop is not None

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from django.conf import settings as django_settings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from broadcaster.exceptions import ConfigurationError
 
@@ -27,6 +28,7 @@ __all__ = [
     "redact_url",
     "reset",
     "scrub",
+    "split_urls",
     "validate",
 ]
 
@@ -47,7 +49,8 @@ class BroadcasterSettings(BaseModel):
         "amqp://guest:guest@localhost:5672/%2F",
         alias="BROKER_URL",
         repr=False,  # it may carry a password; redacted_broker_url is the safe form
-        description=f"AMQP URL of the broker; the environment variable {BROKER_URL_ENV} wins.",
+        description="AMQP URL of the broker, or of each node of a cluster (a list, or one string with the "
+        f"URLs separated by ';'), tried in that order; the environment variable {BROKER_URL_ENV} wins.",
     )
     exchange: str = Field("signals", alias="EXCHANGE", description="Durable topic exchange events are published to.")
     queue: str | None = Field(None, alias="QUEUE", description="The service queue; defaults to SERVICE_NAME.")
@@ -196,12 +199,26 @@ class BroadcasterSettings(BaseModel):
             raise ValueError("use 1-100 letters, digits, '.', '-' or '_', starting with a letter or digit")
         return value
 
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _join_urls(cls, value: Any) -> Any:
+        # A list in settings is the same as the ';'-separated string the environment carries.
+        if isinstance(value, list | tuple) and all(isinstance(url, str) for url in value):
+            return ";".join(value)
+        return value
+
     @field_validator("broker_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        urls = split_urls(value)
+        if not urls:
             raise ValueError("must be an amqp:// or amqps:// URL with a host")
+        for number, url in enumerate(urls, 1):
+            parts = urlsplit(url)
+            if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+                entry = f"entry {number} ({redact_url(url)}) " if len(urls) > 1 else ""
+                raise ValueError(f"{entry}must be an amqp:// or amqps:// URL with a host")
+        _check_nodes_agree(urls)
         return value
 
     @field_validator("retry_delays")
@@ -241,9 +258,14 @@ class BroadcasterSettings(BaseModel):
         return self.queue or self.service_name
 
     @property
+    def broker_urls(self) -> tuple[str, ...]:
+        """The URL of each broker node, in the order clients try them."""
+        return tuple(split_urls(self.broker_url))
+
+    @property
     def broker_user(self) -> str:
         """The user this process authenticates as (what the broker puts in user_id)."""
-        return unquote(urlsplit(self.broker_url).username or "guest")
+        return unquote(urlsplit(self.broker_urls[0]).username or "guest")
 
     @property
     def instance_name(self) -> str:
@@ -259,6 +281,39 @@ class BroadcasterSettings(BaseModel):
     def redacted_broker_url(self) -> str:
         """The broker URL with its password replaced, safe for logs and errors."""
         return redact_url(self.broker_url)
+
+
+def split_urls(value: str) -> list[str]:
+    """The URLs of a BROKER_URL that may list several, separated by ';'."""
+    return [url.strip() for url in value.split(";") if url.strip()]
+
+
+def _check_nodes_agree(urls: list[str]) -> None:
+    """Every node of a cluster is reached the same way: one scheme, one user, one vhost."""
+    first = _identity(urls[0])
+    for number, url in enumerate(urls[1:], 2):
+        entry = f"entry {number} ({redact_url(url)})"
+        identity = _identity(url)
+        if identity[0] != first[0]:
+            raise PydanticCustomError(
+                "broker_url_schemes",
+                "{entry} is {scheme}:// but entry 1 is {first}://: use one scheme for every node",
+                {"entry": entry, "scheme": identity[0], "first": first[0]},
+            )
+        if identity[1:] != first[1:]:
+            raise PydanticCustomError(
+                "broker_url_credentials",
+                "{entry} has other credentials or another vhost than entry 1: every node must be "
+                "reached as the same user on the same vhost",
+                {"entry": entry},
+            )
+
+
+def _identity(url: str) -> tuple[str, str, str, str]:
+    # pika's defaults for what a URL leaves out: guest, guest, vhost "/".
+    parts = urlsplit(url)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return parts.scheme, unquote(parts.username or "guest"), unquote(parts.password or "guest"), vhost
 
 
 def redact_url(url: str) -> str:
@@ -317,6 +372,8 @@ class SettingProblem:
 
 # Each key gets its own system check id, so users and tests can silence or match one.
 _CHECK_IDS = {"SERVICE_NAME": "broadcaster.E002", "BROKER_URL": "broadcaster.E003"}
+# Nodes of a BROKER_URL list that disagree, by pydantic error type.
+_TYPE_IDS = {"broker_url_schemes": "broadcaster.E020", "broker_url_credentials": "broadcaster.E021"}
 _UNKNOWN_KEY_ID = "broadcaster.E004"
 _INVALID_VALUE_ID = "broadcaster.E005"
 _NOT_A_DICT_ID = "broadcaster.E001"
@@ -355,7 +412,7 @@ def _problem(error: Any) -> SettingProblem:
     key = str(error["loc"][0]) if error["loc"] else "BROADCASTER"
     if error["type"] == "extra_forbidden":
         return SettingProblem(_UNKNOWN_KEY_ID, key, f"BROADCASTER[{key!r}] is not a known setting")
-    check_id = _CHECK_IDS.get(key, _INVALID_VALUE_ID)
+    check_id = _TYPE_IDS.get(error["type"]) or _CHECK_IDS.get(key, _INVALID_VALUE_ID)
     # Never echo a secret back: the broker URL may carry a password, SIGNING_KEYS are keys,
     # and an error about several keys at once has the whole dict as its input.
     secret = key in _SECRET_KEYS or not error["loc"]

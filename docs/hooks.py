@@ -55,6 +55,11 @@ _CHECK_MEANINGS = {
     "broadcaster.W001": "A warning: Django's error reports (the DEBUG page, the mails to `ADMINS`) would show "
     "the broker password, because `DEFAULT_EXCEPTION_REPORTER_FILTER` is not the library's filter "
     "(see [Security](../security.md#error-reports)).",
+    "broadcaster.E020": "`BROKER_URL` lists nodes of different schemes (`amqp://` and `amqps://`); names the entry.",
+    "broadcaster.E021": "`BROKER_URL` lists a node with another user, password or vhost than the first; names the "
+    "entry (never its password).",
+    "broadcaster.W020": "A warning: `BROKER_URL` lists several nodes and `QUEUE_TYPE` is `classic`, whose queues "
+    "live on one node (see the cluster page).",
 }
 
 # Options every Django command has; the reference lists only the command's own.
@@ -201,6 +206,8 @@ def check_ids() -> list[str]:
         broadcaster_settings._INVALID_VALUE_ID,
         *broadcaster_settings._CHECK_IDS.values(),
         checks.ERROR_REPORTS_ID,
+        *broadcaster_settings._TYPE_IDS.values(),
+        checks._CLASSIC_ON_CLUSTER.id or "",
     }
     return sorted(found)
 

@@ -100,4 +100,6 @@ def broadcaster_settings(service: str) -> dict[str, str]:
         "BROKER_URL": LOCAL_BROKER_URL,
         "EXCHANGE": os.environ.get("SIGNALS_EXCHANGE") or "signals",
         "QUEUE": f"{prefix}{service}",
+        # "quorum" on a cluster (the compose file's cluster profile sets it).
+        "QUEUE_TYPE": os.environ.get("SIGNALS_QUEUE_TYPE") or "classic",
     }

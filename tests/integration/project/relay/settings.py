@@ -47,6 +47,16 @@ if "PUBLISH_MODE" in os.environ:
     BROADCASTER["PUBLISH_MODE"] = os.environ["PUBLISH_MODE"]
 if os.environ.get("REQUIRE_USER_ID") == "1":
     BROADCASTER["REQUIRE_USER_ID"] = True
+if "QUEUE_TYPE" in os.environ:
+    BROADCASTER["QUEUE_TYPE"] = os.environ["QUEUE_TYPE"]
+if os.environ.get("LOG_CONNECTIONS"):
+    # The cluster tests read from each process's stderr which node its clients connected to.
+    LOGGING = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+        "loggers": {"broadcaster": {"handlers": ["stderr"], "level": "INFO"}},
+    }
 
 # Comma-separated wirings from relay.apps.WIRINGS, e.g. "producer" or "ping-to-pong".
 ROLE = os.environ.get("ROLE", "")

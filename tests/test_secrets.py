@@ -52,11 +52,11 @@ SHAPES = ["one URL", "three URLs"]
 
 def unreachable_url(shape: str = "one URL") -> str:
     """BROKER_URL pointing at ports nothing listens on: one URL, or three separated by ';'."""
-    first = f"amqp://svc:{PASSWORD}@127.0.0.1:{free_port()}/%2F"
     if shape == "one URL":
-        return first
-    second = f"amqp://svc2:{quote(PASSWORD_2, safe='')}@127.0.0.1:{free_port()}/%2F"
-    return f"{first};{second};amqp://svc3:{PASSWORD_3}@127.0.0.1:{free_port()}/%2F"
+        return f"amqp://svc:{PASSWORD}@127.0.0.1:{free_port()}/%2F"
+    # The nodes of one cluster: one user and password (a system check), here one that a URL must escape.
+    node = f"amqp://svc:{quote(PASSWORD_2, safe='')}@127.0.0.1:{{}}/%2F"
+    return ";".join(node.format(free_port()) for _ in range(3))
 
 
 def raw_settings(url: str) -> dict[str, Any]:

@@ -16,9 +16,10 @@ class BroadcasterConfig(AppConfig):
 
     def ready(self) -> None:
         from broadcaster import settings  # noqa: PLC0415 - keep importing the app light
-        from broadcaster.checks import check_settings  # noqa: PLC0415
+        from broadcaster.checks import check_database_deletes, check_settings  # noqa: PLC0415
 
         checks.register(check_settings)
+        checks.register(check_database_deletes, checks.Tags.models)
         setting_changed.connect(settings.reset, dispatch_uid="broadcaster.settings.reset")
         setting_changed.connect(_reset_publisher, dispatch_uid="broadcaster.publisher.reset")
 

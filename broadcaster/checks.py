@@ -35,6 +35,8 @@ _HINTS = {
     "broadcaster.E002": "SERVICE_NAME names this service's queue and the source of its events.",
     "broadcaster.E003": "Use amqp://user:password@host:5672/vhost (or amqps://), or set BROADCASTER_BROKER_URL.",
     "broadcaster.E004": "See the settings reference in the README for the keys BROADCASTER accepts.",
+    "broadcaster.W001": "Use on_delete=models.CASCADE on that foreign key (Django then deletes, and signals, row by "
+    "row), or broadcast the deletion from the parent model's signal.",
 }
 
 
@@ -62,8 +64,7 @@ def _unsignalled_delete(
         f"{model._meta.label} is broadcast on {signal_name} as {event!r}, but deleting a {parent_label} "
         f"deletes it in the database ({field.name}: on_delete={field.remote_field.on_delete}), which sends "
         "no signal: those deletions are not published.",
-        hint="Use on_delete=models.CASCADE on that foreign key (Django then deletes, and signals, row by row), "
-        "or broadcast the deletion from the parent's signal.",
+        hint=_HINTS["broadcaster.W001"],
         obj=field,
         id="broadcaster.W001",
     )

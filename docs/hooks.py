@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import re
 import types
 import typing
@@ -50,6 +51,7 @@ REASONS = {
     "bad-attribute": "A required CloudEvents attribute is missing or malformed "
     "(`ce-id`, `ce-source`, `ce-type`, `ce-specversion` other than 1.0, `ce-time`, `ce-hops`, a non-UTF-8 header).",
     "too-large": "The body is larger than `MAX_MESSAGE_BYTES`.",
+    "too-deep": "The JSON nests arrays and objects deeper than `MAX_JSON_DEPTH`; found by a scan, before any parser.",
     "unsigned": "`REQUIRE_SIGNATURES` is on and the message carries no signature.",
     "unknown-key": "The signature's key id is not in `SIGNING_KEYS` for the event's `ce-source`.",
     "bad-signature": "The body or an attribute changed after signing, or another key signed it.",
@@ -71,6 +73,8 @@ _CHECK_MEANINGS = {
     "broadcaster.E004": "A key that is not a setting (a typo).",
     "broadcaster.E005": "Any other invalid value, including combinations (TLS without `amqps://`, "
     "`SIGNING_KEY_ID` not in `SIGNING_KEYS`, `REQUIRE_SIGNATURES` without keys).",
+    "broadcaster.W001": "A model whose deletions are broadcast (`pre_delete`/`post_delete`) has a foreign key with "
+    "`on_delete=DB_CASCADE` (Django 6.1): the database deletes those rows without any signal, so they are not published.",
 }
 
 # Options every Django command has; the reference lists only the command's own.
@@ -210,12 +214,13 @@ def _cell(text: str) -> str:
 
 
 def check_ids() -> list[str]:
-    """Every system check id the settings validation can report, sorted."""
+    """Every system check id the settings validation and the other checks can report, sorted."""
     found = {
         broadcaster_settings._NOT_A_DICT_ID,
         broadcaster_settings._UNKNOWN_KEY_ID,
         broadcaster_settings._INVALID_VALUE_ID,
         *broadcaster_settings._CHECK_IDS.values(),
+        *re.findall(r'"(broadcaster\.[CEW]\d{3})"', inspect.getsource(checks)),
     }
     return sorted(found)
 

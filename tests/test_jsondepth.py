@@ -126,3 +126,13 @@ def test_a_payload_at_the_limit_is_delivered_one_level_more_is_dead_lettered(set
     assert (beyond.action, beyond.reason) == (Action.DEAD_LETTER, "too-deep")
     assert "4 levels deep, more than MAX_JSON_DEPTH (3)" in beyond.detail
     assert calls == [[[1]]]
+
+
+@pytest.mark.parametrize("levels", [65, 100_000])
+def test_the_dead_letter_tools_read_a_too_deep_structured_event_as_one_without_attributes(levels: int) -> None:
+    from broadcaster import deadletters
+
+    props = pika.BasicProperties(content_type="application/cloudevents+json")
+    body = b'{"id": "x", "type": "t", "data": ' + _flat_nest(levels - 1, "[") + b"}"
+    assert deadletters._structured(props, body) == {}  # neither parsed nor a RecursionError
+    assert deadletters._structured(props, b'{"id": "x", "data": [[1]]}')["id"] == "x"

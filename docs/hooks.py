@@ -73,8 +73,9 @@ _CHECK_MEANINGS = {
     "broadcaster.E004": "A key that is not a setting (a typo).",
     "broadcaster.E005": "Any other invalid value, including combinations (TLS without `amqps://`, "
     "`SIGNING_KEY_ID` not in `SIGNING_KEYS`, `REQUIRE_SIGNATURES` without keys).",
-    "broadcaster.W001": "A model whose deletions are broadcast (`pre_delete`/`post_delete`) has a foreign key with "
-    "`on_delete=DB_CASCADE` (Django 6.1): the database deletes those rows without any signal, so they are not published.",
+    "broadcaster.W001": "A model whose deletions are broadcast (`pre_delete`/`post_delete`) has a foreign key "
+    "with `on_delete=DB_CASCADE` (Django 6.1): the database deletes those rows without any signal, so they are "
+    "not published.",
 }
 
 # Options every Django command has; the reference lists only the command's own.

@@ -62,6 +62,12 @@ class ShopConfig(AppConfig):
         broadcaster.broadcast(parcel_sent, event="shop.parcel_sent", schema=ParcelSent)
 """
 
+MANAGE = """
+import sys
+from django.core.management import execute_from_command_line
+execute_from_command_line(sys.argv)
+"""
+
 PUBLISH = """
 import django, json
 django.setup()
@@ -115,16 +121,15 @@ def test_the_wheel_works_in_a_fresh_venv(distributions: tuple[Path, Path], tmp_p
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path)
     constraints = tmp_path / "constraints.txt"
     constraints.write_text("".join(f"{name}=={metadata.version(name)}\n" for name in PINNED))
-    _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "-c", str(constraints), str(wheel)], tmp_path)
+    python = str(venv / "bin" / "python")
+    _run([python, "-m", "pip", "install", "--quiet", "-c", str(constraints), str(wheel)], tmp_path)
 
     project = tmp_path / "project"
     (project / "shop").mkdir(parents=True)
     (project / "settings.py").write_text(SETTINGS)
     (project / "shop" / "__init__.py").write_text(SIGNALS)
     (project / "shop" / "apps.py").write_text(APPS)
-    (project / "manage.py").write_text(
-        "import sys\nfrom django.core.management import execute_from_command_line\nexecute_from_command_line(sys.argv)\n"
-    )
+    (project / "manage.py").write_text(MANAGE)
     (project / "publish.py").write_text(PUBLISH)
     queue = broker.tap("shop.#")
     env = {
@@ -133,7 +138,6 @@ def test_the_wheel_works_in_a_fresh_venv(distributions: tuple[Path, Path], tmp_p
         "BROKER_URL": BROKER_URL,
         "EXCHANGE": broker.exchange,
     }
-    python = str(venv / "bin" / "python")
     checked = _run([python, "manage.py", "check"], project, env)
     assert "System check identified no issues" in checked
     published = json.loads(_run([python, "publish.py"], project, env))

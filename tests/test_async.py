@@ -8,18 +8,19 @@ import time
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.db import transaction
 from django.dispatch import Signal
 from pydantic import BaseModel
 
 import broadcaster
 from broadcaster.dispatch import Action
-from broadcaster.envelope import OutboundMessage
+from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import InvalidPayload
 from broadcaster.publisher import use_transport
 from broadcaster.registry import current_envelope
 from broadcaster.testing import Capture, capture_broadcasts, deliver
+from tests.testapp.models import Article
 
 
 class Shipped(BaseModel):
@@ -153,6 +154,27 @@ def test_a_failing_async_receiver_retries_the_event() -> None:
     outcome = deliver("async.broken", {"parcel": 5}, raise_errors=False)
     assert (outcome.action, outcome.reason) == (Action.RETRY, "receiver-error")
     assert outcome.exception == "builtins.LookupError"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_async_receivers_orm_work_is_part_of_the_inbox_transaction() -> None:
+    attempts: list[int] = []
+
+    async def record(sender: object, parcel: int, envelope: Any, **kwargs: Any) -> None:
+        await sync_to_async(Article.objects.create)(title=f"parcel {parcel}")
+        attempts.append(envelope.attempt)
+        if len(attempts) == 1:
+            raise LookupError("first attempt fails after writing")
+
+    broadcaster.subscribe("async.inbox", schema=Shipped, inbox=True).connect(record, weak=False)
+    envelope = Envelope.new(source="tests", type="async.inbox")
+    first = deliver("async.inbox", {"parcel": 3}, envelope=envelope, raise_errors=False)
+    assert first.action is Action.RETRY
+    assert not Article.objects.exists()  # rolled back with the inbox row
+    assert deliver("async.inbox", {"parcel": 3}, envelope=envelope, attempt=2).action is Action.ACK
+    assert deliver("async.inbox", {"parcel": 3}, envelope=envelope, attempt=3).action is Action.ACK  # a redelivery
+    assert list(Article.objects.values_list("title", flat=True)) == ["parcel 3"]
+    assert attempts == [1, 2]  # the redelivery did not run the receiver again
 
 
 def _current_id() -> str | None:

@@ -163,8 +163,11 @@ class InboxEntryAdmin(_InboxAdmin):
     def has_change_permission(self, request: HttpRequest, obj: InboxEntry | None = None) -> bool:
         return False
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        # Django 6.1 passes action_location (list or change form) and deprecates overrides
+        # without it; earlier versions neither pass nor accept it.
+        where = {} if action_location is None else {"action_location": action_location}
+        actions = super().get_actions(request, **where)
         actions.pop("delete_selected", None)  # replaced by forget_entries, which carries the note
         return actions
 

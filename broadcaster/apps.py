@@ -17,6 +17,7 @@ class BroadcasterConfig(AppConfig):
     def ready(self) -> None:
         from broadcaster import settings  # noqa: PLC0415 - keep importing the app light
         from broadcaster.checks import (  # noqa: PLC0415
+            check_database_deletes,
             check_error_reports,
             check_outbox_database,
             check_schemas,
@@ -25,6 +26,7 @@ class BroadcasterConfig(AppConfig):
 
         checks.register(check_settings)
         checks.register(check_schemas)
+        checks.register(check_database_deletes, checks.Tags.models)
         checks.register(check_error_reports, checks.Tags.security)
         checks.register(check_outbox_database, checks.Tags.database)
         setting_changed.connect(settings.reset, dispatch_uid="broadcaster.settings.reset")

@@ -34,7 +34,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from broadcaster import connection, failures, properties
+from broadcaster import connection, failures, jsondepth, properties
 from broadcaster.envelope import STRUCTURED_JSON
 from broadcaster.exceptions import BroadcasterError, BrokerUnavailable, PublishError, QueueNotFound
 from broadcaster.failures import replay_properties
@@ -420,7 +420,7 @@ def _settle(channel: Any, queue: str, expected: int) -> int:
 
 def _structured(properties: pika.BasicProperties, body: bytes) -> Mapping[str, Any]:
     # A structured-mode event carries its id and type in the body, not in headers.
-    if not (properties.content_type or "").startswith(STRUCTURED_JSON):
+    if not (properties.content_type or "").startswith(STRUCTURED_JSON) or jsondepth.too_deep(body):
         return {}
     try:
         event = json.loads(body)

@@ -17,7 +17,7 @@ from typing import Any
 import pika
 from pydantic import ValidationError
 
-from broadcaster import failures, observability, signing
+from broadcaster import failures, jsondepth, observability, signing
 from broadcaster.envelope import Envelope, IncomingMessage, decode
 from broadcaster.exceptions import HopLimitExceeded, RejectedMessage
 from broadcaster.failures import Reason
@@ -75,6 +75,7 @@ def dispatch(
     """
     try:
         message, subscription = _verify(properties, body, settings, subscriptions, attempt)
+        jsondepth.check(message.data, settings.max_json_depth)
         fields = _validate(subscription, message)
     except RejectedMessage as exc:
         return Outcome(Action.DEAD_LETTER, reason=exc.reason, detail=exc.detail)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pika
 
+from broadcaster import jsondepth
 from broadcaster.exceptions import RejectedMessage
 from broadcaster.failures import Reason
 
@@ -305,6 +306,7 @@ def attribute_text(name: str, value: object) -> str:
 
 
 def _structured(body: bytes) -> tuple[dict[str, str], object]:
+    jsondepth.check(body, enclosing=1)
     try:
         document = json.loads(body, parse_float=Decimal)
     except (ValueError, RecursionError) as exc:

@@ -106,6 +106,8 @@ class Reason(StrEnum):
     signed message, duplicated or holding a control character."""
     TOO_LARGE = "too-large"
     """The body is larger than ``MAX_MESSAGE_BYTES``."""
+    TOO_DEEP = "too-deep"
+    """The JSON nests arrays and objects deeper than ``MAX_JSON_DEPTH``; found by a scan, before any parser."""
     UNSIGNED = "unsigned"
     """``REQUIRE_SIGNATURES`` is on and the message carries no signature."""
     UNKNOWN_KEY = "unknown-key"

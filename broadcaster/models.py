@@ -25,6 +25,10 @@ class OutboxEvent(models.Model):
 
     class Meta:
         ordering = ("id",)
+        # Declared, so that JSONField's system check need not ask each database (Django
+        # 6.1 runs model checks against every alias, and SQLite or MySQL would have to
+        # connect to answer): `manage.py check` stays free of database access.
+        required_db_features = ("supports_json_field",)
         indexes = (
             # The relay's query: unpublished rows in id order. A partial index keeps it
             # small however many published rows the retention keeps.

@@ -77,6 +77,11 @@ class Broadcast:
     accepted: frozenset[str] | None  # the kwargs the schema reads; None: it ignores the rest itself
     key: PartitionKey | None = None
 
+    def __post_init__(self) -> None:
+        # send_robust() and asend_robust() log a receiver that raised by its __qualname__,
+        # which an instance lacks: without one, the logging itself would raise.
+        object.__setattr__(self, "__qualname__", f"{type(self).__qualname__}[{self.event}]")
+
     def __call__(self, sender: object, **kwargs: Any) -> None:
         current = _handling.get()
         if current is not None and current[0] is self.signal and kwargs.get("envelope") is current[1]:

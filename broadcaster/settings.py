@@ -99,6 +99,13 @@ class BroadcasterSettings(BaseModel):
         ge=1024,
         description="Largest payload published or consumed.",
     )
+    max_json_depth: int = Field(
+        64,
+        alias="MAX_JSON_DEPTH",
+        ge=1,
+        le=200,  # pydantic's JSON parser stops at 200 levels on its own, with a vaguer error
+        description="Deepest nesting of arrays and objects in an incoming payload; deeper is dead-lettered unparsed.",
+    )
     heartbeat: int = Field(30, alias="HEARTBEAT", ge=0, description="AMQP heartbeat in seconds (0 turns it off).")
     publish_mode: Literal["on_commit", "outbox"] = Field(
         "on_commit",

@@ -30,6 +30,11 @@ _KEY_HEADER = "ce-partitionkey"
 # asked for: the broker then keeps each message until the target queue confirmed its copy.
 # Classic queues cannot do this at all, which is why delay queues are always quorum queues.
 _AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+# RabbitMQ 4.0 gives quorum queues a delivery limit of 20 when none is declared, and up
+# to 4.2 counts a message handed back with basic.nack(requeue) against it: `dead_letters
+# list` reads the dead-letter queue that way, so the 21st listing would drop every dead
+# letter (that queue dead-letters nowhere). Its limit is set out of reach instead.
+_DEAD_LETTER_DELIVERY_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,9 @@ class Topology:
         return cls(
             settings.exchange,
             f"{settings.queue_name}.instance.{settings.instance_name}",
-            "classic",  # transient by nature: it expires once its daemon is gone
+            # Classic and durable: it expires (x-expires) once its daemon is gone. Never a
+            # transient (non-durable) queue: RabbitMQ 4.3 refuses those unless exclusive.
+            "classic",
             # No delay queues: x-expires counts a queue without consumers as unused however
             # many messages it holds, so they would vanish with their messages. A failing
             # instance event goes straight to the service's dead-letter queue.
@@ -98,7 +105,8 @@ class Topology:
         own_requeue = self.shared_requeue_exchange is None
         if own_requeue:
             channel.exchange_declare(self.requeue_exchange, exchange_type="direct", durable=True)
-            channel.queue_declare(self.dead_letter_queue, durable=True, arguments=self._arguments())
+            kept = {"x-delivery-limit": _DEAD_LETTER_DELIVERY_LIMIT} if self.queue_type == "quorum" else {}
+            channel.queue_declare(self.dead_letter_queue, durable=True, arguments=self._arguments(kept))
         # Dead-lettering by the broker goes through the requeue exchange too: declaring a
         # queue needs write access to its dead-letter exchange, and a service's user must
         # have none on the default one.

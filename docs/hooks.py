@@ -60,6 +60,9 @@ _CHECK_MEANINGS = {
     "entry (never its password).",
     "broadcaster.W020": "A warning: `BROKER_URL` lists several nodes and `QUEUE_TYPE` is `classic`, whose queues "
     "live on one node (see the cluster page).",
+    "broadcaster.W002": "A model whose deletions are broadcast (`pre_delete`/`post_delete`) has a foreign key "
+    "with `on_delete=DB_CASCADE` (Django 6.1): the database deletes those rows without any signal, so they are "
+    "not published.",
 }
 
 # Options every Django command has; the reference lists only the command's own.
@@ -199,7 +202,7 @@ def _cell(text: str) -> str:
 
 
 def check_ids() -> list[str]:
-    """Every system check id the settings validation can report, sorted."""
+    """Every system check id the settings validation and the other checks can report, sorted."""
     found = {
         broadcaster_settings._NOT_A_DICT_ID,
         broadcaster_settings._UNKNOWN_KEY_ID,
@@ -208,6 +211,7 @@ def check_ids() -> list[str]:
         checks.ERROR_REPORTS_ID,
         *broadcaster_settings._TYPE_IDS.values(),
         checks._CLASSIC_ON_CLUSTER.id or "",
+        *re.findall(r'"(broadcaster\.[CEW]\d{3})"', inspect.getsource(checks)),
     }
     return sorted(found)
 

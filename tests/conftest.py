@@ -61,7 +61,7 @@ class Broker:
         channel = self.connection.channel()
         channel.exchange_declare(self.exchange, "topic", durable=True)
         name = f"{self.exchange}.tap.{len(self.queues)}"
-        channel.queue_declare(name, auto_delete=False)
+        channel.queue_declare(name, durable=True)  # RabbitMQ 4.3 refuses transient non-exclusive queues
         channel.queue_bind(name, self.exchange, pattern)
         self.queues.append(name)
         return name

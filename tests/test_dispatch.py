@@ -72,7 +72,7 @@ def test_sender_can_be_overridden() -> None:
         ('{"invoice": 1, "amount": 1}', {"schemaversion": "x.y"}, "unsupported-schema-version"),
         ('{"invoice": 1, "amount": 1}', {"hops": "99"}, "hop-limit"),
         ('{"invoice": 1, "amount": 1, "pad": "' + "x" * 2_000_000 + '"}', {}, "too-large"),
-        ("[" * 10_000 + "]" * 10_000, {}, "not-json"),  # nesting depth is bounded by the parser
+        ("[" * 10_000 + "]" * 10_000, {}, "too-deep"),  # MAX_JSON_DEPTH, checked before parsing
     ],
 )
 def test_bad_input_is_dead_lettered_with_a_reason_and_never_reaches_receivers(

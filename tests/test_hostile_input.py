@@ -499,7 +499,7 @@ def test_deep_nesting_is_dead_lettered_never_a_recursion_error(
     harness: Harness, depth: int, event: str, opener: str, wrapped: bool
 ) -> None:
     outcome = harness.run(_valid(event), _nested(depth, opener, wrapped), ROOMY)
-    assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "not-json"), outcome
+    assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "too-deep"), outcome
     assert harness.calls == []
 
 
@@ -509,13 +509,13 @@ def test_deep_nesting_in_a_structured_event_is_dead_lettered(harness: Harness, d
     outcome = harness.run(
         _properties("application/cloudevents+json", {}, None), document + _nested(depth, "[") + b"}", ROOMY
     )
-    assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "not-json"), outcome
+    assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "too-deep"), outcome
 
 
 @pytest.mark.parametrize("depth", [1001, 100_000])
 def test_deep_nesting_through_an_upcaster_is_dead_lettered(harness: Harness, depth: int) -> None:
     outcome = harness.run(_valid("hostile.order", **{"ce-schemaversion": "1.0"}), _nested(depth, "{"), ROOMY)
-    assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "not-json"), outcome
+    assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "too-deep"), outcome
 
 
 def test_duplicated_attributes_do_not_confuse_the_envelope(harness: Harness) -> None:

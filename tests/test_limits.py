@@ -105,7 +105,7 @@ def test_deep_nesting_is_dead_lettered_at_any_size_limit(received: list[dict[str
         b'{"text": ' + b'{"a": ' * depth + b"1" + b"}" * depth + b"}",
     ):
         outcome = _dispatch(body, roomy)
-        assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "not-json"), outcome
+        assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "too-deep"), outcome
     assert received == []
 
 

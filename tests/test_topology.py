@@ -77,3 +77,46 @@ def test_instance_topology_expires_and_shares_the_dead_letter_queue(settings: An
     assert list(channel.exchanges) == ["signals"]
     assert channel.queues["tests.instance.pod-7"]["x-expires"] == 60_000
     assert channel.queues["tests.instance.pod-7"]["x-queue-type"] == "classic"
+
+
+class StrictRecorder(Recorder):
+    """Records every declaration with its flags, as RabbitMQ 4.3 would judge them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flags: dict[str, dict[str, Any]] = {}
+
+    def queue_declare(self, name: str, durable: bool = False, **kwargs: Any) -> None:  # type: ignore[override]
+        self.flags[name] = {"durable": durable, **kwargs}
+        self.queues[name] = kwargs.get("arguments") or {}
+
+
+# Refused by RabbitMQ 4.3 (CQv1 storage removed): any x-queue-mode, x-queue-version 1.
+_REFUSED_ARGUMENTS = {"x-queue-mode", "x-queue-version", "x-queue-master-locator"}
+
+
+def test_nothing_declared_is_refused_by_rabbitmq_4(settings: Any) -> None:
+    for queue_type in ("classic", "quorum"):
+        settings.BROADCASTER = {**settings.BROADCASTER, "QUEUE_TYPE": queue_type, "INSTANCE_ID": "pod-1"}
+        channel = StrictRecorder()
+        Topology.for_settings(get_settings()).declare(channel, ["a.one"])
+        Topology.for_instance(get_settings()).declare(channel, ["a.one"])
+        assert "tests.instance.pod-1" in channel.flags
+        for name, flags in channel.flags.items():
+            # Transient non-exclusive queues are refused by default from 4.3 on.
+            assert flags["durable"] or flags.get("exclusive"), name
+            assert not _REFUSED_ARGUMENTS & set(channel.queues[name]), name
+        assert all(declared["durable"] for declared in channel.exchanges.values())
+
+
+def test_a_quorum_dead_letter_queue_outlives_rabbitmq_4_default_delivery_limit(settings: Any) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "QUEUE_TYPE": "quorum"}
+    channel = Recorder()
+    Topology.for_settings(get_settings()).declare(channel, ["a.one"])
+    # Every `dead_letters list` hands each message back once; 4.0 to 4.2 count that
+    # against a default limit of 20 when none is declared.
+    assert channel.queues["tests.dead-letter"]["x-delivery-limit"] >= 100_000
+    settings.BROADCASTER = {**settings.BROADCASTER, "QUEUE_TYPE": "classic"}
+    channel = Recorder()
+    Topology.for_settings(get_settings()).declare(channel, ["a.one"])
+    assert "x-delivery-limit" not in channel.queues["tests.dead-letter"]  # classic queues have none

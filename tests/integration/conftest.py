@@ -104,7 +104,7 @@ class Broker:
     def observe(self, *events: str) -> str:
         """Declare a queue bound to `events` on the exchange, to see what is published."""
         name = f"{self.exchange}.observer.{uuid.uuid4().hex[:6]}"
-        self.channel.queue_declare(name, durable=False)
+        self.channel.queue_declare(name, durable=True)  # RabbitMQ 4.3 refuses transient non-exclusive queues
         self.queues.add(name)
         for event in events:
             self.channel.queue_bind(name, self.exchange, routing_key=event)

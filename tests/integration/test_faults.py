@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ def query(service: Service, sql: str) -> list[tuple[Any, ...]]:
     if service.env.get("DB_ENGINE") == "postgresql":
         with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={service.env['DB_NAME']}") as conn:
             return conn.execute(sql).fetchall()
-    with sqlite3.connect(service.env["DB_PATH"]) as conn:
+    # closing(): a sqlite3 connection's own `with` only commits, and Python 3.13 warns
+    # (ResourceWarning) about every connection left open.
+    with closing(sqlite3.connect(service.env["DB_PATH"])) as conn:
         return conn.execute(sql).fetchall()
 
 

@@ -162,7 +162,7 @@ def test_a_producer_only_service_gets_no_queue_and_no_default_exchange(restricte
     producer = restricted("p", "producer")
     channel = producer.channel()
     channel.basic_publish(rabbit.exchange, "relay.priced", b'{"sku": "x", "amount": 1}', _ce("relay.priced", "p"))
-    _refused(lambda: producer.channel().queue_declare(unique("p-queue"), durable=False))
+    _refused(lambda: producer.channel().queue_declare(unique("p-queue"), durable=True))
     _refused(lambda: producer.channel().basic_publish("", "anything", b"{}", _ce("relay.ping", "p")))
 
 

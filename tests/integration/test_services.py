@@ -351,3 +351,26 @@ def test_a_daemon_without_broker_exits_with_a_clear_message(shop: Shop) -> None:
     assert done.returncode != 0
     assert "127.0.0.1:1" in done.stderr
     assert "secret" not in done.stderr + done.stdout
+
+
+# Posts to the orders service's async view through Django's ASGI handler, in an event loop.
+_POST_THROUGH_ASGI = """
+import asyncio, json, sys
+from django.test import AsyncClient
+async def main():
+    response = await AsyncClient().post("/orders/", json.loads(sys.argv[-1]), content_type="application/json")
+    print(response.status_code, response.content.decode())
+asyncio.run(main())
+"""
+
+
+def test_an_async_view_publishes_with_asend(shop: Shop) -> None:
+    shop.start("notifications")
+    order = {"email": "async@example.com", "lines": [["POSTER", 2]]}
+    env = {**shop.env, "DJANGO_ALLOWED_HOSTS": "testserver"}
+    script = _POST_THROUGH_ASGI.replace("sys.argv[-1]", repr(json.dumps(order)))
+    status, body = shop.manage("orders", "shell", "--no-imports", "-c", script, env=env).split(" ", 1)
+    assert (status, json.loads(body)["total"]) == ("201", "14.50")
+    placed = wait_for(lambda: shop.notifications("orders.order_placed"), TIMEOUT, "order_placed notification")
+    assert placed[0]["recipient"] == "async@example.com"
+    assert placed[0]["message"] == f"Thank you! Order #{json.loads(body)['order_id']} (2 items, 14.50)."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from asgiref.sync import sync_to_async
 from django.db import transaction
 
 from orders.models import Order, OrderLine
@@ -36,15 +37,8 @@ def place_order(email: str, lines: list[tuple[str, int]], *, rollback: bool = Fa
     transaction commits. With `rollback=True` the transaction is abandoned after the
     signal was sent (RolledBack is raised), so nothing is stored and nothing published.
     """
-    unknown = sorted({sku for sku, _ in lines} - PRICES.keys())
-    if unknown:
-        raise UnknownSku(f"unknown SKU(s): {', '.join(unknown)}")
-    total = sum((PRICES[sku] * quantity for sku, quantity in lines), Decimal("0.00"))
     with transaction.atomic():
-        order = Order.objects.create(customer_email=email, total=total)
-        OrderLine.objects.bulk_create(
-            OrderLine(order=order, sku=sku, quantity=quantity, unit_price=PRICES[sku]) for sku, quantity in lines
-        )
+        order = _store(email, lines)
         order_placed.send(
             sender=Order,
             order_id=order.pk,
@@ -56,3 +50,39 @@ def place_order(email: str, lines: list[tuple[str, int]], *, rollback: bool = Fa
         if rollback:
             raise RolledBack(order.pk)
     return order
+
+
+async def aplace_order(email: str, lines: list[tuple[str, int]]) -> Order:
+    """`place_order` for async views: store the order, then ``await order_placed.asend(...)``.
+
+    The transaction runs in a worker thread (Django's ORM is synchronous) and has
+    committed when the signal is sent, so broadcaster publishes at once; the event loop
+    goes on serving other requests meanwhile.
+    """
+    order = await sync_to_async(_store_atomically)(email, lines)
+    await order_placed.asend(
+        sender=Order,
+        order_id=order.pk,
+        customer_email=order.customer_email,
+        lines=[line async for line in order.lines.all()],
+        total=order.total,
+        placed_at=order.created_at,
+    )
+    return order
+
+
+def _store(email: str, lines: list[tuple[str, int]]) -> Order:
+    unknown = sorted({sku for sku, _ in lines} - PRICES.keys())
+    if unknown:
+        raise UnknownSku(f"unknown SKU(s): {', '.join(unknown)}")
+    total = sum((PRICES[sku] * quantity for sku, quantity in lines), Decimal("0.00"))
+    order = Order.objects.create(customer_email=email, total=total)
+    OrderLine.objects.bulk_create(
+        OrderLine(order=order, sku=sku, quantity=quantity, unit_price=PRICES[sku]) for sku, quantity in lines
+    )
+    return order
+
+
+@transaction.atomic
+def _store_atomically(email: str, lines: list[tuple[str, int]]) -> Order:
+    return _store(email, lines)

@@ -164,3 +164,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             or item.get_closest_marker("faults") is not None
         ):
             item.add_marker(pytest.mark.broker)
+
+
+@pytest.fixture
+def outbox_mode(settings: Any, broker: Broker) -> Iterator[Broker]:
+    """PUBLISH_MODE="outbox", and post_save of tests.testapp's Article broadcast as tests.article_saved."""
+    from django.db.models.signals import post_save
+
+    import broadcaster
+    from broadcaster.outbox import stop_web_relay
+    from tests.test_outbox import ArticleSaved
+    from tests.testapp.models import Article
+
+    settings.BROADCASTER = {**settings.BROADCASTER, "PUBLISH_MODE": "outbox", "OUTBOX_BATCH": 50}
+    broadcaster.broadcast(post_save, sender=Article, event="tests.article_saved", schema=ArticleSaved)
+    yield broker
+    stop_web_relay()  # its thread must not outlive the test's database

@@ -5,49 +5,24 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.core.checks import run_checks
 from django.db import connections, transaction
-from django.db.models.signals import post_save
-from pydantic import BaseModel, ConfigDict
 
-import broadcaster
 from broadcaster import inbox
 from broadcaster.envelope import Envelope
 from broadcaster.exceptions import ConfigurationError, PublishError
 from broadcaster.models import InboxEntry, OutboxEvent
-from broadcaster.outbox import Relay, stop_web_relay
+from broadcaster.outbox import Relay
 from broadcaster.settings import get_settings
 from tests.conftest import Broker
+from tests.test_outbox import titles
 from tests.testapp.models import Article
 
 DATABASES = ["default", "sqlite", "mysql"]
 pytestmark = pytest.mark.django_db(transaction=True, databases=DATABASES)
-
-
-class ArticleRef(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    title: str
-
-
-class ArticleSaved(BaseModel):
-    instance: ArticleRef
-
-
-@pytest.fixture
-def outbox_mode(settings: Any, broker: Broker) -> Iterator[Broker]:
-    settings.BROADCASTER = {**settings.BROADCASTER, "PUBLISH_MODE": "outbox", "OUTBOX_BATCH": 50}
-    broadcaster.broadcast(post_save, sender=Article, event="tests.article_saved", schema=ArticleSaved)
-    yield broker
-    stop_web_relay()
-
-
-def titles(broker: Broker, queue: str) -> list[str]:
-    return [json.loads(m.body)["instance"]["title"] for m in broker.drain(queue)]
 
 
 def closed_port() -> int:

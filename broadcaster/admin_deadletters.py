@@ -132,8 +132,8 @@ class DeadLetterAdmin(_Admin):
             return self._confirm(request, settings, action, selection)
         upto = _number(request.POST.get("upto"))
         tally = _carry_out(settings, action, selection, upto)
-        verb = "replayed" if action == "replay" else "purged"
-        logger.info("admin: %s %s %d dead letter(s) (%s)", request.user, verb, tally.done, selection)
+        verb = "Replayed" if action == "replay" else "Purged"
+        logger.info("admin: %s %s %d dead letter(s) (%s)", request.user, verb.lower(), tally.done, selection)
         self.message_user(
             request,
             f"{verb} {tally.done} dead letter(s) ({selection}); {tally.left} left in {tally.queue!r}",
@@ -149,7 +149,7 @@ class DeadLetterAdmin(_Admin):
             listing = deadletters.peek(channel, queue, settings=settings, limit=PAGE_LIMIT, match=selection)
         context = {
             "action": action,
-            "selection": selection,
+            "scope": str(selection),  # a callable would be called by the template
             "ids": sorted(selection.ids),
             "group": selection.group and _GROUP_SEPARATOR.join(selection.group),
             "listing": listing,

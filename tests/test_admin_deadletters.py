@@ -1,10 +1,13 @@
 """The dead letters page of the admin, against the real broker (the page has no table)."""
 
+# ruff: noqa: F811 - the dead_letter and topology fixtures of test_deadletters are imported, then named as parameters
+
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
+import pika
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
@@ -12,7 +15,7 @@ from django.test import Client
 from broadcaster import admin_deadletters
 from broadcaster.topology import Topology
 from tests.conftest import Broker, wait_for
-from tests.test_deadletters import BODY, dead_letter, queue_ids, topology  # noqa: F401 - fixtures
+from tests.test_deadletters import dead_letter, queue_ids, topology  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.django_db
 
@@ -43,14 +46,7 @@ def test_page_groups_by_reason_and_event_with_headers_and_body(admin_client: Cli
     assert "&quot;x-broadcaster-reason&quot;: &quot;receiver-error&quot;" in content  # the headers
 
 
-def test_a_long_body_is_cut_and_says_so(
-    admin_client: Client,
-    broker: Broker,
-    topology: Topology,
-    settings: Any,  # noqa: F811
-) -> None:
-    import pika
-
+def test_a_long_body_is_cut_and_says_so(admin_client: Client, broker: Broker, topology: Topology) -> None:
     body = b'{"text": "' + b"x" * 10_000 + b'"}'
     broker.publish(topology.dead_letter_queue, body, pika.BasicProperties(content_type="application/json"), "")
 
@@ -64,7 +60,7 @@ def test_replay_group_asks_then_moves_only_that_group(
     admin_client: Client,
     broker: Broker,
     topology: Topology,
-    dead_letter: Any,  # noqa: F811
+    dead_letter: Any,
 ) -> None:
     packed = [dead_letter() for _ in range(2)]
     weighed = dead_letter("warehouse.weighed", reason="receiver-error")
@@ -87,7 +83,7 @@ def test_purge_selection_deletes_only_the_chosen(
     admin_client: Client,
     broker: Broker,
     topology: Topology,
-    dead_letter: Any,  # noqa: F811
+    dead_letter: Any,
 ) -> None:
     ids = [dead_letter() for _ in range(4)]
     chosen = {"action": "purge", "id": [ids[0], ids[2]]}
@@ -104,7 +100,7 @@ def test_purge_of_a_group_spares_what_arrived_after_the_confirmation(
     admin_client: Client,
     broker: Broker,
     topology: Topology,
-    dead_letter: Any,  # noqa: F811
+    dead_letter: Any,
 ) -> None:
     before = dead_letter()
     later = dead_letter()  # arrived after the operator saw (and confirmed) a queue of 1
@@ -122,7 +118,7 @@ def test_one_message_replayed_by_its_button(
     admin_client: Client,
     broker: Broker,
     topology: Topology,
-    dead_letter: Any,  # noqa: F811
+    dead_letter: Any,
 ) -> None:
     first, second = dead_letter(), dead_letter()
 
@@ -187,4 +183,5 @@ def test_age_of_a_group_letter_is_shown(admin_client: Client, dead_letter: Any) 
     page = admin_client.get(PAGE)
 
     [shown] = page.context["shown"]
-    assert shown.letter.age is not None and shown.letter.age > 7000
+    assert shown.letter.age is not None
+    assert shown.letter.age > 7000

@@ -39,8 +39,8 @@ def chromium() -> Iterator[Any]:
     if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
         pytest.skip("Chromium and chromedriver are not installed: run scripts/browser-deps.sh")
     os.environ["SE_OFFLINE"] = "true"  # never let selenium-manager download a browser or driver
-    from selenium import webdriver  # noqa: PLC0415 - only the browser tests need it
-    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
+    from selenium import webdriver  # only the browser tests need it
+    from selenium.webdriver.chrome.service import Service
 
     profile = tempfile.mkdtemp(prefix="broadcaster-chromium-")
     options = webdriver.ChromeOptions()
@@ -74,7 +74,7 @@ def screenshot(browser: Any) -> Callable[[str], None]:
             return
         path = Path(directory) / f"{name}.png"
         browser.save_screenshot(str(path))
-        from PIL import Image  # noqa: PLC0415 - only when keeping screenshots
+        from PIL import Image  # only when keeping screenshots
 
         with Image.open(path) as image:  # a small PNG for the docs: 64 colours are plenty for the admin
             image.convert("RGB").quantize(64).save(path, optimize=True)
@@ -85,8 +85,8 @@ def screenshot(browser: Any) -> Callable[[str], None]:
 @pytest.fixture(scope="session")
 def live_server() -> Iterator[Any]:
     """pytest-django's live server, on 127.0.0.1 (not "localhost", which may resolve to ::1 first)."""
-    from django.db import connections  # noqa: PLC0415
-    from pytest_django.live_server_helper import LiveServer  # noqa: PLC0415
+    from django.db import connections
+    from pytest_django.live_server_helper import LiveServer
 
     # An in-memory SQLite connection is handed to the server's thread, as Django's
     # LiveServerTestCase does: it must be allowed there, or closing it at the end of a

@@ -140,7 +140,7 @@ def test_inbox_bulk_delete_and_delete_one(
     assert not InboxEntry.objects.exists()
 
 
-def test_dead_letters_replay_a_group_that_the_daemon_then_handles(
+def test_dead_letters_replay_a_group_that_the_daemon_then_handles(  # noqa: PLR0917 - one fixture each
     browser: WebDriver,
     live_server: Any,
     broker: Broker,

@@ -194,12 +194,13 @@ class OutboxEventAdmin(_OutboxAdmin):
         return None
 
     @admin.display(description="state")
-    def state(self, row: OutboxEvent) -> str:
+    def state(self, row: OutboxEvent) -> SafeString:
         if row.published_at is not None:
-            return "published"
+            return format_html("{}", "published")
         if row.last_error:
-            return "failed"
-        return f"pending {_age((timezone.now() - row.created_at).total_seconds())}"
+            return format_html("{}", "failed")
+        age = _age((timezone.now() - row.created_at).total_seconds())
+        return format_html('<span title="{}">pending {}</span>', RELAY_HINT, age)
 
     @admin.display(description="created", ordering="created_at")
     def created(self, row: OutboxEvent) -> str:

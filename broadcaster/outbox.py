@@ -224,10 +224,11 @@ class Relay:
             publisher.flush(self.settings.publish_timeout)
         except PublishError as exc:
             publisher.discard_pending()
-            if publisher.problem is None:
-                raise
-            # "N message(s) still unconfirmed" alone hides why: name the broker's problem first.
-            raise PublishError(f"{publisher.problem} ({exc})") from exc
+            if publisher.problem is not None:
+                # "N message(s) still unconfirmed" alone hides why (it becomes the row's
+                # last_error): name the broker's problem first, keeping the exception's type.
+                exc.args = (f"{publisher.problem} ({exc})",)
+            raise
 
     def _record_failure(self, ids: list[int], exc: Exception) -> None:
         # After the batch's transaction rolled back, so that the count survives.

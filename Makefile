@@ -18,6 +18,7 @@ VENV311 := .venv-py311-django52
 # and that Django. The interpreter is looked up only when a venv is (re)built.
 define venv
 	scripts/mysql-build-deps.sh
+	-scripts/browser-deps.sh
 	rm -rf $(1)
 	py='$(PYTHON$(subst .,,$(2)))'; py=$${py:-$$(scripts/find-python.sh $(2))} && $$py -m venv $(1)
 	$(1)/bin/python -m pip install --quiet --upgrade pip

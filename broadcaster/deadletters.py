@@ -41,6 +41,7 @@ from broadcaster.failures import replay_properties
 from broadcaster.settings import BroadcasterSettings, scrub
 
 __all__ = [
+    "Content",
     "DeadLetter",
     "Listing",
     "Match",
@@ -121,6 +122,15 @@ class Match:
 
 
 @dataclass(frozen=True, slots=True)
+class Content:
+    """What one dead letter carries, for a page that shows it: its headers and body as read."""
+
+    headers: Mapping[str, object]
+    content_type: str | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Listing:
     """The head of a dead-letter queue, as peek() saw it."""
 
@@ -129,6 +139,8 @@ class Listing:
     """Messages in the queue when the listing began."""
     scanned: int
     letters: tuple[DeadLetter, ...]
+    contents: tuple[Content, ...] = ()
+    """With ``peek(contents=True)``: each letter's headers and body, in the order of `letters`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,11 +203,16 @@ def peek(
     limit: int,
     match: Match = EVERYTHING,
     now: datetime | None = None,
+    contents: bool = False,
 ) -> Listing:
-    """Describe up to `limit` dead letters from the head of `queue` that `match`, leaving them all there."""
+    """Describe up to `limit` dead letters from the head of `queue` that `match`, leaving them all there.
+
+    With `contents`, the listing carries each one's headers and body too (`Listing.contents`).
+    """
     total = count(channel, queue)
     budget = min(limit, total) if match.everything else total
     letters: list[DeadLetter] = []
+    kept: list[Content] = []
     scanned = 0
     try:
         for held in _walk(channel, queue, budget):
@@ -203,12 +220,14 @@ def peek(
             letter = _describe_safely(held, settings, now)
             if match(letter):
                 letters.append(letter)
+                if contents:
+                    kept.append(Content(dict(held.properties.headers or {}), held.properties.content_type, held.body))
                 if len(letters) >= limit:
                     break
     finally:
         _release(channel)
     _settle(channel, queue, total)
-    return Listing(queue, total, scanned, tuple(letters))
+    return Listing(queue, total, scanned, tuple(letters), tuple(kept))
 
 
 def replay(

@@ -84,3 +84,17 @@ class AppliedVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.scope} {self.partition_key[:100]} @ {self.version}"
+
+
+class DeadLetter(models.Model):
+    """No table: the dead letters live in the broker. This model carries the admin page and its permission.
+
+    `manage_dead_letters` lets a staff user see, replay and purge this service's dead
+    letters in the admin (superusers have it); the usual add/change/delete/view
+    permissions do not exist for it.
+    """
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = (("manage_dead_letters", "Can see, replay and purge dead letters"),)

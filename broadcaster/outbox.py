@@ -55,7 +55,7 @@ from broadcaster.models import OutboxEvent
 from broadcaster.publisher import Publisher
 from broadcaster.settings import BroadcasterSettings, get_settings
 
-__all__ = ["Relay", "skip_locked_problem", "stop_web_relay", "store", "wake"]
+__all__ = ["Relay", "publish_again", "skip_locked_problem", "stop_web_relay", "store", "wake"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,30 @@ def store(message: OutboundMessage, using: str) -> None:
         headers=message.envelope.headers(),
         body=message.body,
     )
+
+
+def publish_again(ids: list[int], using: str = DEFAULT_DB_ALIAS, settings: BroadcasterSettings | None = None) -> int:
+    """Publish the outbox rows `ids` now, whatever their state, and wait for the broker's confirms.
+
+    For an operator (the admin's "publish again"): each row keeps its `published_at` and
+    `last_error` until this attempt's outcome is known. On success the rows are stamped
+    published and their error cleared; on failure their `last_error` says why and
+    PublishError is raised. A relay may publish a pending row at the same time: its
+    consumers then get it twice, which at-least-once allows. Returns how many were published.
+    """
+    relay = Relay(settings, using)
+    rows = list(OutboxEvent.objects.using(using).filter(pk__in=ids).order_by("id"))
+    try:
+        relay._publish([_message(row) for row in rows])
+    except PublishError as exc:
+        relay._record_failure([row.pk for row in rows], exc)
+        raise
+    finally:
+        relay.close()
+    OutboxEvent.objects.using(using).filter(pk__in=[row.pk for row in rows]).update(
+        published_at=timezone.now(), attempts=F("attempts") + 1, last_error=""
+    )
+    return len(rows)
 
 
 class Relay:
@@ -198,8 +222,12 @@ class Relay:
             for message in messages:
                 publisher.publish(message, wait=False)  # the batch is bounded by OUTBOX_BATCH
             publisher.flush(self.settings.publish_timeout)
-        except PublishError:
+        except PublishError as exc:
             publisher.discard_pending()
+            if publisher.problem is not None:
+                # "N message(s) still unconfirmed" alone hides why (it becomes the row's
+                # last_error): name the broker's problem first, keeping the exception's type.
+                exc.args = (f"{publisher.problem} ({exc})",)
             raise
 
     def _record_failure(self, ids: list[int], exc: Exception) -> None:

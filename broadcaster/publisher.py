@@ -26,7 +26,7 @@ from pika.spec import Basic
 from broadcaster import connection, observability, pikacompat, signing
 from broadcaster.envelope import JSON, OutboundMessage, properties_for
 from broadcaster.exceptions import FlushTimeout, PublishBufferFull
-from broadcaster.settings import BroadcasterSettings, get_settings
+from broadcaster.settings import BroadcasterSettings, get_settings, scrub
 
 __all__ = [
     "Publisher",
@@ -97,6 +97,8 @@ class Publisher:
         self._tick: Any = None  # the I/O loop's timer of the next drain
         self._next_tag = 0
         self._republishing = 0  # messages at the front of the buffer that were sent before
+        self.problem: str | None = None
+        """Why the broker is not taking messages, as last seen (None once a channel opened)."""
         self.pid = os.getpid()
 
     # -- caller's side -------------------------------------------------------------
@@ -222,6 +224,7 @@ class Publisher:
         conn.channel(on_open_callback=self._on_channel)
 
     def _on_channel(self, channel: Any) -> None:
+        self.problem = None
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm)
@@ -284,6 +287,7 @@ class Publisher:
             try:
                 self._channel.basic_publish(exchange, message.routing_key, message.body, properties)
             except pika.exceptions.AMQPError as exc:
+                self.problem = f"could not publish: {self._scrubbed(exc)}"
                 logger.warning("publisher could not publish (%s); reconnecting", connection.describe(exc))
                 return False
         return True
@@ -329,6 +333,7 @@ class Publisher:
 
     def _on_channel_closed(self, _channel: object, reason: Exception) -> None:
         if not self._closing:
+            self.problem = f"the broker closed the channel: {self._scrubbed(reason)}"
             logger.warning("publisher channel closed: %s", reason)
         self._close_connection()
 
@@ -338,7 +343,12 @@ class Publisher:
         if self._connection is not None and self._connection.is_open:
             self._connection.close()
 
+    def _scrubbed(self, error: BaseException | str) -> str:
+        # Kept on the outbox row and shown in the admin: never with the broker password.
+        return scrub(connection.describe(error), self._settings.broker_url)
+
     def _on_open_error(self, _conn: object, error: str | Exception) -> None:
+        self.problem = f"cannot connect to {self._node.label}: {self._scrubbed(error)}"
         logger.warning("publisher cannot connect to %s: %s", self._node.label, connection.describe(error))
         self._schedule_reconnect()
 

@@ -11,6 +11,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",  # the admin's CSS, served by live_server to the browser tests
     "broadcaster",
     "tests.testapp",
 ]
@@ -34,6 +35,7 @@ TEMPLATES = [
     }
 ]
 ROOT_URLCONF = "tests.urls"
+STATIC_URL = "static/"
 # Test databases named per run, so that two runs on one machine never drop each other's.
 _RUN = f"broadcaster_{os.getpid()}"
 DATABASES = {

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
 import broadcaster
+from broadcaster.models import OutboxEvent
+from broadcaster.settings import get_settings
 from orders.checkout import RolledBack, UnknownSku, place_order
 
 
@@ -40,6 +43,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, email: str, lines: list[tuple[str, int]], **options: Any) -> None:
+        outbox = get_settings().publish_mode == "outbox"
+        before = _last_outbox_id() if outbox else 0
         try:
             order = place_order(email, lines, rollback=options["rollback"])
         except UnknownSku as exc:
@@ -55,5 +60,30 @@ class Command(BaseCommand):
             raise CommandError(f"order #{order.pk} is stored, but its events were not published: {exc}") from exc
         if options["verbosity"] == 0:
             self.stdout.write(str(order.pk))  # for scripts: `-v 0` prints the id alone
+        elif outbox:
+            self.stdout.write(f"order #{order.pk} placed: total {order.total}, {_outbox_outcome(before)}")
         else:
             self.stdout.write(f"order #{order.pk} placed: total {order.total}, published")
+
+
+def _last_outbox_id() -> int:
+    return OutboxEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def _outbox_outcome(before: int, wait: float = 10.0) -> str:
+    """What became of this order's outbox rows: published by the relay within `wait` seconds, or not yet.
+
+    In outbox mode the events are rows until a relay publishes them (this process's
+    relay thread, woken by the commit, or `manage.py relay_outbox`): say which.
+    """
+    rows = OutboxEvent.objects.filter(id__gt=before)
+    deadline = time.monotonic() + wait
+    while (waiting := rows.filter(published_at__isnull=True).count()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    total = rows.count()
+    if not waiting:
+        return f"{total} event(s) published from the outbox"
+    return (
+        f"{total} event(s) in the outbox, {waiting} not published yet: "
+        "a relay must run to publish them (manage.py relay_outbox)"
+    )

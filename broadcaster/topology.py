@@ -111,12 +111,8 @@ class Topology:
 
     def declare(self, channel: Any, events: Iterable[str]) -> None:
         """Declare everything (idempotently) on a blocking channel and bind `events`."""
-        # Arguments only when there are some: an exchange's arguments cannot change once declared.
-        extra = {"arguments": dict(self.exchange_arguments)} if self.exchange_arguments else {}
-        channel.exchange_declare(self.exchange, exchange_type="topic", durable=True, **extra)
+        self.declare_exchange(channel)
         own_requeue = self.shared_requeue_exchange is None
-        if own_requeue and self.unrouted_queue is not None:
-            self._declare_unrouted(channel, self.unrouted_queue)
         if own_requeue:
             channel.exchange_declare(self.requeue_exchange, exchange_type="direct", durable=True)
             channel.queue_declare(self.dead_letter_queue, durable=True, arguments=self._arguments())
@@ -152,6 +148,14 @@ class Topology:
     def in_place_retries(self) -> bool:
         """Whether a failing event is retried where it is (a partition keeps its order) rather than delayed."""
         return self.single_active_consumer
+
+    def declare_exchange(self, channel: Any) -> None:
+        """Declare EXCHANGE and, with UNROUTED_QUEUE, its alternate exchange and queue: all a producer needs."""
+        # Arguments only when there are some: an exchange's arguments cannot change once declared.
+        extra = {"arguments": dict(self.exchange_arguments)} if self.exchange_arguments else {}
+        channel.exchange_declare(self.exchange, exchange_type="topic", durable=True, **extra)
+        if self.unrouted_queue is not None:
+            self._declare_unrouted(channel, self.unrouted_queue)
 
     def _declare_unrouted(self, channel: Any, queue: str) -> None:
         # The alternate exchange named in EXCHANGE's arguments, and the queue behind it.
@@ -235,6 +239,9 @@ def declare_service(channel: Any, settings: BroadcasterSettings, subscribed: Map
     ordered = [event for event, sub in subscribed.items() if sub.ordered]
     shared = [event for event, sub in subscribed.items() if sub.fanout == "service" and not sub.ordered]
     topology = Topology.for_settings(settings)
+    if not subscribed:  # a producer only: no queue (its broker user may declare none)
+        topology.declare_exchange(channel)
+        return
     topology.declare(channel, shared)
     if ordered:
         Partitions.for_settings(settings).declare(channel, ordered)

@@ -157,3 +157,13 @@ def test_the_plan_is_recorded_from_the_declarations_themselves(settings: Any) ->
     topology = Topology.for_settings(get_settings())
     assert set(recorded.queues) == {topology.queue, topology.dead_letter_queue, *topology.retry_queues}
     assert recorded.exchanges[topology.exchange] == ("topic", {})
+
+
+def test_a_producer_only_service_gets_its_exchange_and_no_queue(broker: Broker) -> None:
+    assert topology_command("--apply")[0] == 0
+    channel = broker.connection.channel()
+    channel.exchange_declare(broker.exchange, "topic", passive=True, durable=True)  # raises if missing
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):  # no service queue: it subscribes to nothing
+        broker.connection.channel().queue_declare(broker.exchange, passive=True)
+    code, out = topology_command("--check")
+    assert (code, out.strip()) == (0, "the broker matches the code")

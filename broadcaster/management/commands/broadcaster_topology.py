@@ -77,7 +77,7 @@ class Command(BaseCommand):
 
     def _apply(self, settings: BroadcasterSettings) -> None:
         expected = plan(settings, subscriptions())
-        with _channel(settings) as channel:
+        with _BrokerChannel(settings) as channel:
             declare_service(channel, settings, subscriptions())
         self.stdout.write(
             f"declared {len(expected.exchanges)} exchange(s), {len(expected.queues)} queue(s) and "
@@ -110,7 +110,7 @@ class Command(BaseCommand):
         if not confirmed and not self._confirm():
             self.stdout.write("prune cancelled; nothing removed")
             sys.exit(EXIT_DIFFERENCES)
-        with _channel(settings) as channel:
+        with _BrokerChannel(settings) as channel:
             for binding in extra:
                 _unbind(channel, binding)
         self.stdout.write(f"removed {len(extra)} binding(s)")
@@ -125,7 +125,7 @@ class Command(BaseCommand):
         return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
-class _channel:
+class _BrokerChannel:
     """A blocking channel as the service's broker user; errors become CommandError without the password."""
 
     def __init__(self, settings: BroadcasterSettings) -> None:

@@ -283,10 +283,10 @@ class Plan:
         self.queues[queue] = dict(arguments or {})
 
     def queue_bind(self, queue: str, exchange: str, routing_key: str | None = None, **_: Any) -> None:
-        self.bindings.add(Binding(exchange, queue, "queue", routing_key or queue))
+        self.bindings.add(Binding(exchange, queue, "queue", queue if routing_key is None else routing_key))
 
     def queue_unbind(self, queue: str, exchange: str, routing_key: str | None = None, **_: Any) -> None:
-        self.bindings.discard(Binding(exchange, queue, "queue", routing_key or queue))
+        self.bindings.discard(Binding(exchange, queue, "queue", queue if routing_key is None else routing_key))
 
     def exchange_bind(self, destination: str, source: str, routing_key: str = "", **_: Any) -> None:
         self.bindings.add(Binding(source, destination, "exchange", routing_key))

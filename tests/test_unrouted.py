@@ -18,6 +18,7 @@ import broadcaster
 from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.publisher import Publisher
 from broadcaster.settings import get_settings
+from broadcaster.topology import Partitions
 from tests.conftest import Broker
 
 
@@ -109,3 +110,31 @@ def test_unrouted_queue_parks_events_until_a_subscriber_exists_then_replays_them
 def test_the_unrouted_option_names_the_missing_setting(broker: Broker) -> None:
     with pytest.raises(CommandError, match="UNROUTED_QUEUE"):
         dead_letters("list", "--queue", "unrouted")
+
+
+def test_every_declaration_of_the_exchange_agrees_on_its_alternate_exchange(
+    broker: Broker, parked: str, daemon: Any
+) -> None:
+    broadcaster.subscribe("ops.ordered", schema=Thing, ordered=True)
+    broadcaster.subscribe("ops.everywhere", schema=Thing, fanout="instance")
+    partitions = Partitions.for_settings(get_settings())
+    try:
+        daemon()  # service, instance and partition queues: each declares EXCHANGE with the same arguments
+        publisher = Publisher(get_settings())
+        try:
+            publisher.publish(message(1, "ops.nobody"))
+            publisher.flush(10)
+        finally:
+            publisher.close(5)
+        assert broker.count(parked) == 1
+        out = io.StringIO()
+        try:
+            call_command("broadcaster_topology", "--check", stdout=out)
+        except SystemExit:
+            pytest.fail(out.getvalue())
+        assert out.getvalue().strip() == "the broker matches the code"
+    finally:
+        channel = broker.connection.channel()
+        for queue in partitions.queues:
+            channel.queue_delete(queue.queue)
+        channel.exchange_delete(partitions.exchange)

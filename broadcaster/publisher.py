@@ -307,7 +307,7 @@ class Publisher:
             logger.warning(
                 "event %s (routing key %r) reached no queue on exchange %r and is lost: no service subscribes "
                 "to it yet (run broadcaster_topology --apply at deploy, or set UNROUTED_QUEUE to keep such "
-                "events); counted in broadcaster_unrouted, logged once per %g s per event type",
+                "events); counted in broadcaster_unrouted_total, logged once per %g s per event type",
                 event,
                 method.routing_key,
                 self._settings.exchange,

@@ -22,6 +22,7 @@ picks messages by filter, and the daemon never promised a global order (see READ
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -53,6 +54,7 @@ __all__ = [
     "purge",
     "replay",
     "replay_properties",
+    "replay_unrouted",
 ]
 
 PROGRESS_EVERY = 1000
@@ -276,6 +278,48 @@ def replay(
         progress=progress,
         send=send,
         what=f"replay to queue {target!r}",
+    )
+
+
+def replay_unrouted(
+    channel: Any,
+    queue: str,
+    exchange: str,
+    *,
+    settings: BroadcasterSettings,
+    match: Match = EVERYTHING,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> Tally:
+    """Publish the events parked in UNROUTED_QUEUE `queue` again to `exchange`, by event type.
+
+    Each copy is the event as first published (body, properties, headers), with the
+    event type (``ce-type``) as routing key, so it reaches every queue bound for it now.
+    Its ``user_id`` is kept when it is this service's broker user, else replaced by it
+    (the broker refuses any other): a consumer with REQUIRE_USER_ID then refuses such a
+    copy, so replay the events of another service with that service's settings. An event
+    still bound nowhere goes back to `queue` through the alternate exchange (the walk
+    stops before reaching it again).
+    """
+
+    def send(properties: pika.BasicProperties, body: bytes) -> None:
+        event = _text((properties.headers or {}).get("ce-type")) or properties.type
+        if not isinstance(event, str) or not event:
+            raise PublishError(f"a message in {queue!r} has no event type (ce-type) to route it by; it stays there")
+        if properties.user_id not in (None, settings.broker_user):
+            properties = copy.copy(properties)
+            properties.user_id = settings.broker_user
+        channel.basic_publish(exchange, event, body, properties, mandatory=True)
+
+    return _sweep(
+        channel,
+        queue,
+        settings=settings,
+        match=match,
+        limit=limit,
+        progress=progress,
+        send=send,
+        what=f"replay to exchange {exchange!r}",
     )
 
 

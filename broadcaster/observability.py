@@ -36,6 +36,7 @@ __all__ = [
     "receiving",
     "serve",
     "set_outbox_backlog",
+    "unrouted",
     "watch_buffer",
 ]
 
@@ -76,6 +77,9 @@ class _Metrics:
         self.dead_lettered = prometheus.Counter("broadcaster_dead_lettered", "Messages dead-lettered", ["reason"])
         self.handling = prometheus.Histogram(
             "broadcaster_handling_seconds", "Time to decode, validate and run the receivers", ["event"]
+        )
+        self.unrouted = prometheus.Counter(
+            "broadcaster_unrouted", "Events returned by the broker because no queue was bound for them", ["event"]
         )
         self.buffer = prometheus.Gauge("broadcaster_publisher_buffer", "Events not yet confirmed by the broker")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -126,6 +130,12 @@ def publish_failed(reason: str, count: int = 1) -> None:
     """`count` events were nacked (reason ``nack``) or refused (``buffer-full``)."""
     if metrics := _get_metrics():
         metrics.failed.labels(reason).inc(count)
+
+
+def unrouted(event: str) -> None:
+    """The broker returned an event of type `event`: no queue (and no UNROUTED_QUEUE) took it."""
+    if metrics := _get_metrics():
+        metrics.child(metrics.unrouted, event).inc()
 
 
 def watch_buffer(pending: Callable[[], int]) -> None:

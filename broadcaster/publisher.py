@@ -99,6 +99,8 @@ class Publisher:
         self._republishing = 0  # messages at the front of the buffer that were sent before
         self.problem: str | None = None
         """Why the broker is not taking messages, as last seen (None once a channel opened)."""
+        self._unrouted_logged: dict[str, float] = {}  # event type -> when its last warning was logged
+        self.unrouted = 0  # events the broker returned since this publisher started (all types)
         self.pid = os.getpid()
 
     # -- caller's side -------------------------------------------------------------
@@ -228,10 +230,12 @@ class Publisher:
         self._channel = channel
         channel.add_on_close_callback(self._on_channel_closed)
         channel.confirm_delivery(ack_nack_callback=self._on_confirm)
+        channel.add_on_return_callback(self._on_return)
         channel.exchange_declare(
             exchange=self._settings.exchange,
             exchange_type="topic",
             durable=True,
+            arguments=self._settings.exchange_arguments or None,
             callback=self._on_declared,
         )
 
@@ -285,12 +289,36 @@ class Publisher:
                 signing.sign(headers, JSON, message.body, self._signing_key)
             properties = properties_for(message.envelope, user_id=self._user_id, headers=headers)
             try:
-                self._channel.basic_publish(exchange, message.routing_key, message.body, properties)
+                # mandatory: an event no queue takes comes back (_on_return) instead of vanishing.
+                self._channel.basic_publish(exchange, message.routing_key, message.body, properties, True)
             except pika.exceptions.AMQPError as exc:
                 self.problem = f"could not publish: {self._scrubbed(exc)}"
                 logger.warning("publisher could not publish (%s); reconnecting", connection.describe(exc))
                 return False
         return True
+
+    def _on_return(self, _channel: object, method: Any, properties: Any, _body: bytes) -> None:
+        """Count and report an event no queue took; the broker still acks it afterwards.
+
+        The message is not published again: nothing would take it now either. It is kept
+        only when UNROUTED_QUEUE is set, in which case the broker never returns it.
+        """
+        event = str(getattr(properties, "type", None) or method.routing_key)
+        self.unrouted += 1
+        observability.unrouted(event)
+        now = time.monotonic()
+        last = self._unrouted_logged.get(event)
+        if last is None or now - last >= self._settings.unrouted_log_interval:
+            self._unrouted_logged[event] = now
+            logger.warning(
+                "event %s (routing key %r) reached no queue on exchange %r and is lost: no service subscribes "
+                "to it yet (run broadcaster_topology --apply at deploy, or set UNROUTED_QUEUE to keep such "
+                "events); counted in broadcaster_unrouted_total, logged once per %g s per event type",
+                event,
+                method.routing_key,
+                self._settings.exchange,
+                self._settings.unrouted_log_interval,
+            )
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

@@ -199,7 +199,27 @@ class BroadcasterSettings(BaseModel):
         description="Cap of the exponential back-off between reconnection attempts.",
     )
 
-    @field_validator("service_name", "exchange", "queue", "instance_id")
+    unrouted_queue: str | None = Field(
+        None,
+        alias="UNROUTED_QUEUE",
+        description="Queue that keeps events no queue takes (through an alternate exchange on EXCHANGE), "
+        "to be replayed with `dead_letters --queue unrouted`; every service on EXCHANGE must agree on it.",
+    )
+    unrouted_log_interval: float = Field(
+        60.0,
+        alias="UNROUTED_LOG_INTERVAL",
+        gt=0,
+        description="Seconds between two warnings about unrouted events of one type (each is still counted).",
+    )
+    management_url: str | None = Field(
+        None,
+        alias="MANAGEMENT_URL",
+        repr=False,  # it may carry a password
+        description="RabbitMQ management HTTP API for `broadcaster_topology --check/--prune`; "
+        "http://<first broker host>:15672 with the broker's credentials if unset.",
+    )
+
+    @field_validator("service_name", "exchange", "queue", "instance_id", "unrouted_queue")
     @classmethod
     def _check_name(cls, value: str | None) -> str | None:
         if value is not None and not _NAME.match(value):
@@ -226,6 +246,15 @@ class BroadcasterSettings(BaseModel):
                 entry = f"entry {number} ({redact_url(url)}) " if len(urls) > 1 else ""
                 raise ValueError(f"{entry}must be an amqp:// or amqps:// URL with a host")
         _check_nodes_agree(urls)
+        return value
+
+    @field_validator("management_url")
+    @classmethod
+    def _check_management_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL with a host")
         return value
 
     @field_validator("retry_delays")
@@ -283,6 +312,27 @@ class BroadcasterSettings(BaseModel):
     def max_attempts(self) -> int:
         """Deliveries of one message before it is dead-lettered (first try plus retries)."""
         return len(self.retry_delays) + 1
+
+    @property
+    def unrouted_exchange(self) -> str | None:
+        """The alternate exchange of EXCHANGE when UNROUTED_QUEUE is set (fanout, to that queue)."""
+        return None if self.unrouted_queue is None else f"{self.exchange}.unrouted"
+
+    @property
+    def exchange_arguments(self) -> dict[str, str]:
+        """Arguments EXCHANGE is declared with; everyone declaring it must pass the same ones."""
+        exchange = self.unrouted_exchange
+        return {} if exchange is None else {"alternate-exchange": exchange}
+
+    @property
+    def management(self) -> tuple[str, str, str]:
+        """(base URL, user, password) of the management HTTP API; keep the password out of any output."""
+        if self.management_url is not None:
+            parts = urlsplit(self.management_url)
+            base = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "") + parts.path
+            return base.rstrip("/"), unquote(parts.username or ""), unquote(parts.password or "")
+        first = urlsplit(self.broker_url.split(";")[0])
+        return f"http://{first.hostname}:15672", unquote(first.username or "guest"), unquote(first.password or "guest")
 
     @property
     def redacted_broker_url(self) -> str:
@@ -384,7 +434,7 @@ _TYPE_IDS = {"broker_url_schemes": "broadcaster.E020", "broker_url_credentials":
 _UNKNOWN_KEY_ID = "broadcaster.E004"
 _INVALID_VALUE_ID = "broadcaster.E005"
 _NOT_A_DICT_ID = "broadcaster.E001"
-_SECRET_KEYS = frozenset({"BROKER_URL", "SIGNING_KEYS", "SEAL_KEYS"})
+_SECRET_KEYS = frozenset({"BROKER_URL", "SIGNING_KEYS", "SEAL_KEYS", "MANAGEMENT_URL"})
 
 _cached: BroadcasterSettings | None = None
 

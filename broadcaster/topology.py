@@ -12,17 +12,22 @@
 | partition exchange| <queue>.partitions           | consistent hash on ce-partitionkey, bound to  |
 |                   |                              | EXCHANGE by each ordered event                |
 | partition queues  | <queue>.partition.<n>        | PARTITIONS of them, single active consumer    |
+| unrouted exchange | EXCHANGE.unrouted            | fanout, alternate exchange of EXCHANGE, only  |
+|                   |                              | with UNROUTED_QUEUE: to that queue            |
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from broadcaster.settings import BroadcasterSettings
 
-__all__ = ["Topology"]
+if TYPE_CHECKING:
+    from broadcaster.registry import Subscription
+
+__all__ = ["Binding", "Partitions", "Plan", "Topology", "declare_service", "plan"]
 
 _QUORUM_DELIVERY_LIMIT = 50
 _KEY_HEADER = "ce-partitionkey"
@@ -49,11 +54,22 @@ class Topology:
     shared_requeue_exchange: str | None = None  # ... through its service's requeue exchange
     expires_ms: int | None = None  # an instance queue goes away this long after its daemon
     single_active_consumer: bool = False  # a partition queue: one daemon at a time, in order
+    # EXCHANGE's own arguments (an alternate exchange with UNROUTED_QUEUE): the broker
+    # refuses a declaration whose arguments differ from the exchange's.
+    exchange_arguments: tuple[tuple[str, str], ...] = ()
+    unrouted_queue: str | None = None  # declared, behind the alternate exchange, with the service's objects
 
     @classmethod
     def for_settings(cls, settings: BroadcasterSettings) -> Topology:
         """The service's topology, shared by all its daemons."""
-        return cls(settings.exchange, settings.queue_name, settings.queue_type, settings.retry_delays)
+        return cls(
+            settings.exchange,
+            settings.queue_name,
+            settings.queue_type,
+            settings.retry_delays,
+            exchange_arguments=tuple(settings.exchange_arguments.items()),
+            unrouted_queue=settings.unrouted_queue,
+        )
 
     @classmethod
     def for_instance(cls, settings: BroadcasterSettings) -> Topology:
@@ -72,6 +88,7 @@ class Topology:
             shared_dead_letter_queue=service.dead_letter_queue,
             shared_requeue_exchange=service.requeue_exchange,
             expires_ms=round(settings.instance_queue_expires * 1000),
+            exchange_arguments=service.exchange_arguments,
         )
 
     @property
@@ -101,7 +118,7 @@ class Topology:
 
     def declare(self, channel: Any, events: Iterable[str]) -> None:
         """Declare everything (idempotently) on a blocking channel and bind `events`."""
-        channel.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+        self.declare_exchange(channel)
         own_requeue = self.shared_requeue_exchange is None
         if own_requeue:
             channel.exchange_declare(self.requeue_exchange, exchange_type="direct", durable=True)
@@ -139,6 +156,22 @@ class Topology:
     def in_place_retries(self) -> bool:
         """Whether a failing event is retried where it is (a partition keeps its order) rather than delayed."""
         return self.single_active_consumer
+
+    def declare_exchange(self, channel: Any) -> None:
+        """Declare EXCHANGE and, with UNROUTED_QUEUE, its alternate exchange and queue: all a producer needs."""
+        # Arguments only when there are some: an exchange's arguments cannot change once declared.
+        extra = {"arguments": dict(self.exchange_arguments)} if self.exchange_arguments else {}
+        channel.exchange_declare(self.exchange, exchange_type="topic", durable=True, **extra)
+        if self.unrouted_queue is not None:
+            self._declare_unrouted(channel, self.unrouted_queue)
+
+    def _declare_unrouted(self, channel: Any, queue: str) -> None:
+        # The alternate exchange named in EXCHANGE's arguments, and the queue behind it.
+        # Any type would do for an alternate exchange; fanout keeps every routing key.
+        alternate = dict(self.exchange_arguments)["alternate-exchange"]
+        channel.exchange_declare(alternate, exchange_type="fanout", durable=True)
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": self.queue_type})
+        channel.queue_bind(queue, alternate, routing_key="")
 
     def _arguments(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         expiry = {} if self.expires_ms is None else {"x-expires": self.expires_ms}
@@ -184,6 +217,7 @@ class Partitions:
                 shared_dead_letter_queue=service.dead_letter_queue,
                 shared_requeue_exchange=service.requeue_exchange,
                 single_active_consumer=True,
+                exchange_arguments=service.exchange_arguments,
             )
             for index in range(self.count)
         ]
@@ -201,3 +235,73 @@ class Partitions:
         for queue in self.queues:
             queue.declare(channel, ())
             channel.queue_bind(queue.queue, self.exchange, routing_key="1")  # equal weights
+
+
+def declare_service(channel: Any, settings: BroadcasterSettings, subscribed: Mapping[str, Subscription]) -> None:
+    """Declare what every daemon of the service shares, as a daemon does at start, on `channel`.
+
+    The service queue, its delay and dead-letter queues and the requeue exchange, bound
+    to the events of `subscribed`; the partitions of ordered ones. Instance queues are a
+    daemon's own and are left to it. Idempotent: for ``broadcaster_topology --apply``.
+    """
+    ordered = [event for event, sub in subscribed.items() if sub.ordered]
+    shared = [event for event, sub in subscribed.items() if sub.fanout == "service" and not sub.ordered]
+    topology = Topology.for_settings(settings)
+    if not subscribed:  # a producer only: no queue (its broker user may declare none)
+        topology.declare_exchange(channel)
+        return
+    topology.declare(channel, shared)
+    if ordered:
+        Partitions.for_settings(settings).declare(channel, ordered)
+        for event in ordered:  # as the daemon does: an event that became ordered leaves the service queue
+            channel.queue_unbind(topology.queue, topology.exchange, routing_key=event)
+
+
+@dataclass(frozen=True, order=True)
+class Binding:
+    """One binding: `source` exchange to `destination` (a queue or an exchange) with `routing_key`."""
+
+    source: str
+    destination: str
+    destination_type: str  # "queue" or "exchange", as the management API says
+    routing_key: str
+
+    def __str__(self) -> str:
+        return f"{self.source} -> {self.destination_type} {self.destination} with {self.routing_key!r}"
+
+
+@dataclass
+class Plan:
+    """What declare_service() declares, recorded rather than sent: the code's side of a comparison.
+
+    It also serves as the channel that records it, so the topology is written once, in
+    the declare methods above.
+    """
+
+    exchanges: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # name: (type, arguments)
+    queues: dict[str, dict[str, Any]] = field(default_factory=dict)  # name: arguments
+    bindings: set[Binding] = field(default_factory=set)
+
+    def exchange_declare(
+        self, exchange: str, exchange_type: str = "direct", arguments: dict[str, Any] | None = None, **_: Any
+    ) -> None:
+        self.exchanges[exchange] = (exchange_type, dict(arguments or {}))
+
+    def queue_declare(self, queue: str, arguments: dict[str, Any] | None = None, **_: Any) -> None:
+        self.queues[queue] = dict(arguments or {})
+
+    def queue_bind(self, queue: str, exchange: str, routing_key: str | None = None, **_: Any) -> None:
+        self.bindings.add(Binding(exchange, queue, "queue", queue if routing_key is None else routing_key))
+
+    def queue_unbind(self, queue: str, exchange: str, routing_key: str | None = None, **_: Any) -> None:
+        self.bindings.discard(Binding(exchange, queue, "queue", queue if routing_key is None else routing_key))
+
+    def exchange_bind(self, destination: str, source: str, routing_key: str = "", **_: Any) -> None:
+        self.bindings.add(Binding(source, destination, "exchange", routing_key))
+
+
+def plan(settings: BroadcasterSettings, subscribed: Mapping[str, Subscription]) -> Plan:
+    """The exchanges, queues and bindings declare_service() would declare, without a broker."""
+    recorded = Plan()
+    declare_service(recorded, settings, subscribed)
+    return recorded

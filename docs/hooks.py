@@ -77,7 +77,14 @@ _DJANGO_OPTIONS = {
     "force_color",
     "skip_checks",
 }
-_COMMANDS = ("consume_signals", "relay_outbox", "dead_letters", "broadcaster_contract", "broadcaster_topology")
+_COMMANDS = (
+    "consume_signals",
+    "relay_outbox",
+    "dead_letters",
+    "broadcaster_contract",
+    "broadcaster_topology",
+    "broadcast_backfill",
+)
 
 
 def on_config(config: Any) -> Any:

@@ -39,6 +39,16 @@ if command -v rabbitmq-plugins >/dev/null && ! rabbitmq-plugins -q is_enabled ra
     rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null
 fi
 
+# broadcaster_topology --check/--prune read bindings from the management HTTP API
+# (AMQP cannot list them); enabling the plugin does not restart the broker either.
+if command -v rabbitmq-plugins >/dev/null && ! rabbitmq-plugins -q is_enabled rabbitmq_management >/dev/null 2>&1; then
+    echo "ensure-services: enabling rabbitmq_management"
+    rabbitmq-plugins -q enable rabbitmq_management >/dev/null
+fi
+if command -v rabbitmq-plugins >/dev/null; then
+    wait_for_port 15672 "RabbitMQ management"
+fi
+
 if ! port_open 5432 && command -v pg_ctlcluster >/dev/null; then
     echo "ensure-services: starting PostgreSQL"
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start

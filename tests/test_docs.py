@@ -49,3 +49,12 @@ def test_every_command_option_is_in_the_commands_reference(site: Path) -> None:
     page = (site / "reference" / "commands" / "index.html").read_text(encoding="utf-8")
     for option in ("--prefetch", "--max-messages", "--metrics-port", "--once", "--yes", "--snapshot", "--permissions"):
         assert option in page
+
+
+def test_the_operations_commands_and_their_options_are_documented(site: Path) -> None:
+    page = (site / "reference" / "commands" / "index.html").read_text(encoding="utf-8")
+    for option in ("broadcast_backfill", "--apply", "--check", "--prune", "--after", "--target", "--queue"):
+        assert option in page
+    operations = (site / "operations" / "index.html").read_text(encoding="utf-8")
+    for section in ('id="deploying-the-topology-before-the-daemons"', 'id="unrouted-events"', 'id="backfill"'):
+        assert section in operations

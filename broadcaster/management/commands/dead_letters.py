@@ -27,7 +27,12 @@ _COLUMNS = ("ID", "EVENT", "REASON", "ATTEMPTS", "AGE", "ERROR")
 
 
 class Command(BaseCommand):
-    help = "List, replay to the service queue, or purge the messages in this service's dead-letter queue."
+    help = (
+        "List, replay to the service queue, or purge the messages in this service's dead-letter queue; "
+        "with --queue unrouted, the events parked in UNROUTED_QUEUE, replayed to EXCHANGE. "
+        "Example: manage.py dead_letters replay --queue unrouted --event orders.order_saved. "
+        "Exit codes: 0 done; 1 an error (broker, settings, a refused copy); 2 bad usage."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="{list,replay,purge}")
@@ -42,6 +47,13 @@ class Command(BaseCommand):
         purge.add_argument("--limit", type=positive, help="delete at most this many")
         purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         for sub in (listing, replay, purge):
+            sub.add_argument(
+                "--queue",
+                choices=("dead-letter", "unrouted"),
+                default="dead-letter",
+                help="the service's dead-letter queue (default), or UNROUTED_QUEUE: events no queue took, "
+                "replayed to EXCHANGE by event type",
+            )
             sub.add_argument("--event", help="only messages of this event type (ce-type or routing key)")
             sub.add_argument("--id", dest="envelope_id", help="only the message with this envelope id (ce-id)")
 
@@ -54,17 +66,19 @@ class Command(BaseCommand):
             )
         try:
             settings = get_settings()
+            queue = _queue(settings, options["queue"])
             if action == "list":
-                self._list(settings, match, options["limit"], as_json=options["json"])
+                self._list(settings, queue, match, options["limit"], as_json=options["json"])
+            elif action == "replay" and options["queue"] == "unrouted":
+                self._replay_unrouted(settings, queue, match, options["limit"])
             elif action == "replay":
                 self._replay(settings, match, options["limit"])
             else:
-                self._purge(settings, match, options["limit"], confirmed=options["yes"])
+                self._purge(settings, queue, match, options["limit"], confirmed=options["yes"])
         except BroadcasterError as exc:
             raise CommandError(f"dead_letters: {exc}") from exc
 
-    def _list(self, settings: BroadcasterSettings, match: Match, limit: int, *, as_json: bool) -> None:
-        queue = Topology.for_settings(settings).dead_letter_queue
+    def _list(self, settings: BroadcasterSettings, queue: str, match: Match, limit: int, *, as_json: bool) -> None:
         with deadletters.connect(settings) as channel:
             listing = deadletters.peek(channel, queue, settings=settings, limit=limit, match=match)
         if as_json:
@@ -95,8 +109,25 @@ class Command(BaseCommand):
             + _rest(tally, match)
         )
 
-    def _purge(self, settings: BroadcasterSettings, match: Match, limit: int | None, *, confirmed: bool) -> None:
-        queue = Topology.for_settings(settings).dead_letter_queue
+    def _replay_unrouted(self, settings: BroadcasterSettings, queue: str, match: Match, limit: int | None) -> None:
+        with deadletters.connect(settings) as channel:
+            tally = deadletters.replay_unrouted(
+                channel,
+                queue,
+                settings.exchange,
+                settings=settings,
+                match=match,
+                limit=limit,
+                progress=self._progress("replayed"),
+            )
+        self.stdout.write(
+            f"replayed {tally.done} of {tally.scanned} unrouted {_plural(tally.scanned, 'event')} to exchange "
+            f"{settings.exchange!r}" + _rest(tally, match)
+        )
+
+    def _purge(
+        self, settings: BroadcasterSettings, queue: str, match: Match, limit: int | None, *, confirmed: bool
+    ) -> None:
         with deadletters.connect(settings) as channel:
             total = deadletters.count(channel, queue)
             if not confirmed and not self._confirm(queue, total, match, limit):
@@ -130,6 +161,15 @@ class Command(BaseCommand):
             self.stderr.write(f"dead_letters: {tally.scanned} looked at, {tally.done} {verb} so far")
 
         return report
+
+
+def _queue(settings: BroadcasterSettings, which: str) -> str:
+    """The queue --queue names: the dead-letter queue, or UNROUTED_QUEUE (which must be set)."""
+    if which == "dead-letter":
+        return Topology.for_settings(settings).dead_letter_queue
+    if settings.unrouted_queue is None:
+        raise CommandError("dead_letters: --queue unrouted needs BROADCASTER['UNROUTED_QUEUE'], which is not set")
+    return settings.unrouted_queue
 
 
 def _ordered(settings: BroadcasterSettings) -> dict[str, str]:
@@ -192,8 +232,8 @@ def _rest(tally: Tally, match: Match) -> str:
     return f"{scope}; {tally.left} left in {tally.queue!r}"
 
 
-def _plural(number: int) -> str:
-    return "dead letter" if number == 1 else "dead letters"
+def _plural(number: int, noun: str = "dead letter") -> str:
+    return noun if number == 1 else f"{noun}s"
 
 
 def positive(value: str) -> int:

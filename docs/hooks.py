@@ -55,6 +55,10 @@ _CHECK_MEANINGS = {
     "broadcaster.W001": "A warning: Django's error reports (the DEBUG page, the mails to `ADMINS`) would show "
     "the broker password, because `DEFAULT_EXCEPTION_REPORTER_FILTER` is not the library's filter "
     "(see [Security](../security.md#error-reports)).",
+    "broadcaster.E010": "A registered schema sends a form its own validation rejects (a serializer whose declared "
+    "return type the field does not accept when read, a `Json[...]` field); silence it if the comparison is wrong.",
+    "broadcaster.E011": "In outbox mode, a database has no `SELECT ... FOR UPDATE SKIP LOCKED` (MariaDB before 10.6, "
+    "MySQL before 8.0.1): the relay cannot run there (checked by `migrate` and `check --database`).",
     "broadcaster.E020": "`BROKER_URL` lists nodes of different schemes (`amqp://` and `amqps://`); names the entry.",
     "broadcaster.E021": "`BROKER_URL` lists a node with another user, password or vhost than the first; names the "
     "entry (never its password).",

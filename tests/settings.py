@@ -65,3 +65,6 @@ BROADCASTER = {"SERVICE_NAME": "tests", "BROKER_URL": "amqp://guest:guest@127.0.
 # Error reports never show the broker password (broadcaster.W001 otherwise).
 DEFAULT_EXCEPTION_REPORTER_FILTER = "broadcaster.reporting.SafeExceptionReporterFilter"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# MariaDB ignores the condition of the outbox's partial index (the relay's query then uses
+# a full index on id): Django says so with models.W037, which the docs tell MariaDB users.
+SILENCED_SYSTEM_CHECKS = ["models.W037"]

@@ -23,6 +23,10 @@ class BenchConfig(AppConfig):
         elif consumer:
             broadcaster.subscribe(event, schema=events.BenchOrderPlaced, signal=events.order_placed_remote)
             events.connect_remote_receiver()
+            if trace := os.environ.get("BENCH_TRACE"):
+                from bench import stalls  # noqa: PLC0415
+
+                stalls.trace_consumer(trace)  # the traced latency run: stamps per delivery
         else:
             broadcaster.broadcast(events.order_placed, event=event, schema=events.BenchOrderPlaced)
             workload.register_producer()

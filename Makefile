@@ -75,7 +75,13 @@ cluster: $(STAMP) services
 	$(BIN)/pytest -m cluster
 
 # Raw pika baselines and the library in one run; writes bench/results/ (see bench/README.md).
-bench: $(STAMP) services
+# The bench extra (FastStream, compared against) goes into the venv only for this target.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP) services
 	$(BIN)/python -m bench
 
 # The guide in docs/, with the reference pages generated from the code; fails on any warning.

@@ -158,6 +158,9 @@ def rows(results: dict[str, Any]) -> list[Row]:
     out.extend(_latency_rows(results))
     out.extend(_burst_rows(results.get("burst", {})))
     out.extend(_cluster_rows(results.get("cluster", {})))
+    from bench import workreport  # noqa: PLC0415 - it builds on this module
+
+    out.extend(workreport.rows(results))
     return out
 
 
@@ -259,11 +262,12 @@ def _latency_rows(results: dict[str, Any]) -> list[Row]:
     library, raw = results.get("latency_library", {}), results.get("latency_raw", {})
     rate = results.get("config", {}).get("rate", 500)
     out = []
-    for quantile, limit in (("p50", 2.0), ("p99", 10.0)):
+    seconds = results.get("config", {}).get("seconds", 60)
+    for quantile, limit in (("p50", 2.0), ("p99", 5.0), ("max", 50.0)):
         lib, base = _get(library, f"{quantile}_ms"), _get(raw, f"{quantile}_ms")
         out.append(
             Row(
-                f"End-to-end latency send() -> remote receiver at {rate:g}/s, {quantile}",
+                f"End-to-end latency send() -> remote receiver at {rate:g}/s over {seconds:g} s, {quantile}",
                 _num(lib, "ms", 2),
                 _num(base, "ms", 2),
                 _ratio(lib / base if base else math.nan),

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from bench import cluster, common, library, rawpika, report, scenarios
+from bench import cluster, common, comparisons, library, rawpika, report, scenarios, stalls
 from bench.common import Names
 from bench.events import EVENT, body_for
 
@@ -28,12 +28,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the throughput scenarios")
     parser.add_argument("--samples", type=int, default=10_000, help="send() calls timed for the caller overhead")
     parser.add_argument("--rate", type=float, default=500.0, help="events per second of the latency scenario")
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency scenario")
+    parser.add_argument("--seconds", type=float, default=60.0, help="duration of the latency scenario")
     parser.add_argument("--burst", type=int, default=100_000, help="events of the memory burst")
     parser.add_argument("--outbox-count", type=int, default=20_000, help="outbox rows relayed")
+    parser.add_argument("--work-rounds", type=int, default=3, help="rounds of daemon / raw pika / FastStream work")
     parser.add_argument("--quick", action="store_true", help="small counts, to try the bench (writes quick.*)")
     args = parser.parse_args()
     if args.quick:
+        args.work_rounds = 1
         args.count, args.rounds, args.samples, args.seconds, args.burst, args.outbox_count = (
             2000,
             1,
@@ -85,8 +87,14 @@ def _run_all(args: argparse.Namespace, names: Names, results: dict[str, Any]) ->
         lambda: scenarios.raw_latency(names.run_id, names.exchange, names.raw_latency_queue, args.rate, count),
     )
     results["latency_library"] = _step(
-        "e2e latency, library", lambda: scenarios.library_latency(names.run_id, args.rate, count)
+        "e2e latency, library (traced)", lambda: stalls.library_latency(names.run_id, args.rate, count)
     )
+    results["workload"] = _step(
+        "receivers that work (daemon, raw pika, FastStream)",
+        lambda: comparisons.work_rounds(names, args.count, args.work_rounds),
+    )
+    results["scaling"] = _step("I/O-bound scaling", lambda: comparisons.scaling(names))
+    results["ordered"] = _step("ordered throughput", lambda: comparisons.ordered(names, args.count))
     results["burst"] = _step("memory burst", lambda: _burst(names, args.burst))
     results["outbox"] = _step("outbox relay", lambda: _outbox(names, args.outbox_count))
     # Last: starting the three-node cluster loads the machine for half a minute.

@@ -29,7 +29,8 @@ BROADCASTER = {
     "SERVICE_NAME": f"bench-{ROLE}",
     "BROKER_URL": BROKER_URL,
     "EXCHANGE": f"bench-{RUN_ID}",
-    "QUEUE": f"bench-{RUN_ID}-{ROLE}",
+    "QUEUE": os.environ.get("BENCH_QUEUE", f"bench-{RUN_ID}-{ROLE}"),
+    "PARTITIONS": 8,  # the ordered scenario's
     "PUBLISH_MODE": os.environ.get("BENCH_PUBLISH_MODE", "on_commit"),
     "MAX_BUFFER": int(os.environ.get("BENCH_MAX_BUFFER", "10000")),
     "QUEUE_TYPE": os.environ.get("BENCH_QUEUE_TYPE", "classic"),

@@ -68,3 +68,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # MariaDB ignores the condition of the outbox's partial index (the relay's query then uses
 # a full index on id): Django says so with models.W037, which the docs tell MariaDB users.
 SILENCED_SYSTEM_CHECKS = ["models.W037"]
+# Django 6.1 configures mail through MAILERS (EMAIL_BACKEND is deprecated there); earlier
+# versions ignore the setting. The test runner replaces the backend with locmem anyway.
+MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}

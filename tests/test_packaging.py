@@ -35,6 +35,7 @@ INSTALLED_APPS = ["django.contrib.contenttypes", "broadcaster", "shop"]
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.path.join(os.path.dirname(__file__), "db")}}
 USE_TZ = True
 BROADCASTER = {"SERVICE_NAME": "shop", "BROKER_URL": os.environ["BROKER_URL"], "EXCHANGE": os.environ["EXCHANGE"]}
+DEFAULT_EXCEPTION_REPORTER_FILTER = "broadcaster.reporting.SafeExceptionReporterFilter"
 """
 
 SIGNALS = """

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import django
 import pytest
 from django.conf import settings as django_settings
 from django.core import mail
@@ -58,7 +59,8 @@ def broker_secrets(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
         "SEAL_KEYS": [SEAL],
     }
     settings.ROOT_URLCONF = __name__
-    settings.ADMINS = [("Ops", "ops@example.com")]
+    # Django 6.1 takes addresses; (name, address) pairs are deprecated there.
+    settings.ADMINS = ["ops@example.com"] if django.VERSION >= (6, 1) else [("Ops", "ops@example.com")]
     monkeypatch.setenv("BROADCASTER_BROKER_URL", URL)
     debug.get_default_exception_reporter_filter.cache_clear()  # Django caches the filter it made
     yield

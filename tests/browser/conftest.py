@@ -83,8 +83,12 @@ def screenshot(browser: Any) -> Callable[[str], None]:
 
 
 @pytest.fixture(scope="session")
-def live_server() -> Iterator[Any]:
-    """pytest-django's live server, on 127.0.0.1 (not "localhost", which may resolve to ::1 first)."""
+def live_server(django_db_setup: None) -> Iterator[Any]:
+    """pytest-django's live server, on 127.0.0.1 (not "localhost", which may resolve to ::1 first).
+
+    Made once the test databases exist: the server thread then opens its own connections
+    to them, rather than being handed the main thread's SQLite one.
+    """
     from django.db import connections
     from pytest_django.live_server_helper import LiveServer
 

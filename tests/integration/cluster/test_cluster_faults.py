@@ -134,7 +134,7 @@ def test_outbox_relay_through_a_node_kill(
     wait_started(relay, "relay_outbox: started")
     producer = orders.spawn(*burst(2 * COUNT, pace=PACE))
     received_at_least(shipping, KILL_AFTER)
-    on_node(relay, "publisher", 1)
+    on_node(relay, "relay", 1)  # the relay names its publisher "relay"
     assert producer.alive, "the burst ended before the node died: nothing was tested"
 
     started = time.monotonic()

@@ -26,7 +26,7 @@ from tests.integration.tls_broker import unavailable_reason
 SCRIPT = Path(__file__).parents[3] / "scripts" / "cluster.sh"
 PORTS = {1: 5681, 2: 5682, 3: 5683}
 URLS = [f"amqp://guest:guest@127.0.0.1:{port}/%2F" for port in PORTS.values()]
-_CONNECTED = re.compile(r"(publisher|consumer) connected to amqp://\S+:(\d+)/")
+_CONNECTED = re.compile(r"(publisher|consumer|relay) connected to amqp://\S+:(\d+)/")
 # Node 1 of the cluster's cookie is set to this for its peers to cut it off from them.
 PARTITION_COOKIE = "broadcaster_partition_test"
 
@@ -61,7 +61,7 @@ def serving(node: int) -> bool:
 
 
 def connected_nodes(log: str, role: str) -> list[int]:
-    """The nodes a client of `role` ("publisher", "consumer") connected to, in order, from its log."""
+    """The nodes a client of `role` ("publisher", "consumer", "relay") connected to, in order, from its log."""
     by_port = {port: node for node, port in PORTS.items()}
     return [by_port[int(port)] for who, port in _CONNECTED.findall(log) if who == role]
 

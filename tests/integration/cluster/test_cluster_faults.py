@@ -145,4 +145,4 @@ def test_outbox_relay_through_a_node_kill(
     wait_for(lambda: unpublished(orders) == 0, 30, "the outbox rows to be stamped published")
     assert relay.alive
     assert daemon.alive
-    assert connected_nodes(relay.log(), "publisher")[-1] != 1
+    assert connected_nodes(relay.log(), "relay")[-1] != 1

@@ -263,7 +263,7 @@ def replay(
 
     def send(properties: pika.BasicProperties, body: bytes) -> None:
         copy = replay_properties(properties, body, settings)
-        event = _text((properties.headers or {}).get("ce-type")) or properties.type
+        event = _event_type(properties)
         if isinstance(event, str) and event in partitioned:
             channel.basic_publish(partitioned[event], event, body, copy, mandatory=True)
         else:
@@ -303,7 +303,7 @@ def replay_unrouted(
     """
 
     def send(properties: pika.BasicProperties, body: bytes) -> None:
-        event = _text((properties.headers or {}).get("ce-type")) or properties.type
+        event = _event_type(properties)
         if not isinstance(event, str) or not event:
             raise PublishError(f"a message in {queue!r} has no event type (ce-type) to route it by; it stays there")
         if properties.user_id not in (None, settings.broker_user):
@@ -490,6 +490,11 @@ def _structured(properties: pika.BasicProperties, body: bytes) -> Mapping[str, A
     except (ValueError, RecursionError):
         return {}
     return event if isinstance(event, dict) else {}
+
+
+def _event_type(properties: pika.BasicProperties) -> object:
+    """The event type a copy is routed by: ``ce-type``, else the ``type`` property."""
+    return _text((properties.headers or {}).get("ce-type")) or properties.type
 
 
 def _text(value: object) -> str | None:

@@ -14,6 +14,8 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
@@ -40,13 +42,27 @@ def log_in(browser: WebDriver, server: Any, username: str, password: str, then: 
     WebDriverWait(browser, 10).until(lambda b: "/login/" not in b.current_url)
 
 
+def navigate(browser: WebDriver, element: WebElement, *, submit: bool = False) -> None:
+    """Click `element` (or submit its form) and wait for the page it loads.
+
+    Reading the page right after a click may otherwise find the old page's body, which the
+    browser then drops under the reader ("stale element reference").
+    """
+    page = browser.find_element(By.TAG_NAME, "html")
+    if submit:
+        element.submit()
+    else:
+        element.click()
+    WebDriverWait(browser, 10).until(staleness_of(page))
+
+
 def text(browser: WebDriver) -> str:
     return str(browser.find_element(By.TAG_NAME, "body").text)
 
 
 def submit_action(browser: WebDriver, action: str) -> None:
     Select(browser.find_element(By.NAME, "action")).select_by_value(action)
-    browser.find_element(By.NAME, "index").click()
+    navigate(browser, browser.find_element(By.NAME, "index"))
 
 
 def tick(browser: WebDriver, row_text: str) -> None:
@@ -78,14 +94,14 @@ def test_outbox_filter_search_publish_again(
     assert {failed.event_id, other.event_id, pending.event_id} <= set(text(browser).split())
     screenshot("admin-outbox")
 
-    browser.find_element(By.LINK_TEXT, "failed").click()  # the state filter
+    navigate(browser, browser.find_element(By.LINK_TEXT, "failed"))  # the state filter
     assert failed.event_id in text(browser)
     assert other.event_id not in text(browser)
     assert pending.event_id not in text(browser)
-    browser.find_element(By.LINK_TEXT, "All").click()
+    navigate(browser, browser.find_element(By.LINK_TEXT, "All"))
     search = browser.find_element(By.ID, "searchbar")
     search.send_keys("buyer42")
-    search.submit()
+    navigate(browser, search, submit=True)
     found = text(browser)
     assert failed.event_id in found
     assert pending.event_id in found
@@ -97,7 +113,7 @@ def test_outbox_filter_search_publish_again(
     assert "Publish these events again?" in confirm
     assert "ConnectionRefusedError" in confirm  # the evidence, still there
     screenshot("admin-outbox-publish-again")
-    browser.find_element(By.CSS_SELECTOR, "input[value='Yes, publish them again']").click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "input[value='Yes, publish them again']"))
 
     assert "1 event(s) published again; the broker confirmed them." in text(browser)
     assert [message.headers["ce-id"] for message in broker.drain(tap)] == [failed.event_id]
@@ -127,14 +143,14 @@ def test_inbox_bulk_delete_and_delete_one(
     tick(browser, "evt-1")
     submit_action(browser, "delete_selected")
     assert REDELIVERY_NOTE in text(browser)
-    browser.find_element(By.CSS_SELECTOR, "#content form input[type=submit]").click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "#content form input[type=submit]"))
 
     assert "Successfully deleted 2 inbox entries." in text(browser)
     assert list(InboxEntry.objects.values_list("event_id", flat=True)) == ["evt-2"]
 
     browser.get(f"{live_server.url}/admin/broadcaster/inboxentry/{entries[2].pk}/change/")
-    browser.find_element(By.CSS_SELECTOR, "a.deletelink").click()
-    browser.find_element(By.CSS_SELECTOR, "#content form input[type=submit]").click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "a.deletelink"))
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "#content form input[type=submit]"))
     WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith("/admin/broadcaster/inboxentry/"))
     assert "was deleted successfully" in text(browser)
     assert not InboxEntry.objects.exists()
@@ -159,7 +175,7 @@ def test_dead_letters_replay_a_group_that_the_daemon_then_handles(  # noqa: PLR0
     oncall.user_permissions.add(Permission.objects.get(codename="manage_dead_letters"))
 
     log_in(browser, live_server, "oncall", "on-call-pw", "/admin/")
-    browser.find_element(By.LINK_TEXT, "Dead letters").click()
+    navigate(browser, browser.find_element(By.LINK_TEXT, "Dead letters"))
     page = text(browser)
     assert "holds 3 dead letters" in page
     shown = {cell.text.split()[0] for cell in browser.find_elements(By.CSS_SELECTOR, "td.letter-id")}
@@ -171,10 +187,10 @@ def test_dead_letters_replay_a_group_that_the_daemon_then_handles(  # noqa: PLR0
     screenshot("admin-dead-letters")
 
     broken.clear()  # the printer is back
-    group.find_element(By.CSS_SELECTOR, "button[value=replay]").click()
+    navigate(browser, group.find_element(By.CSS_SELECTOR, "button[value=replay]"))
     assert "Replay the dead letters matching reason receiver-error and event warehouse.packed?" in text(browser)
     screenshot("admin-dead-letters-confirm")
-    browser.find_element(By.ID, "confirm").click()
+    navigate(browser, browser.find_element(By.ID, "confirm"))
 
     assert "Replayed 3 dead letter(s)" in text(browser)
     wait_for(lambda: len(handled) == 3, "the daemon to handle the replayed events", timeout=30)

@@ -85,15 +85,25 @@ def _rounds(results: dict[str, Any], group: str) -> list[dict[str, Any]]:
     return value if isinstance(value, list) else []
 
 
+def _ratio(value: float, base: float) -> float:
+    return value / base if base else math.nan
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     """The table: one row per figure, with its baseline, ratio and target."""
     out = []
     for measure, group, key, base, limit in PAIRED:
         rounds = _rounds(results, group)
-        ratio = _median([_get(r, key) / _get(r, base) for r in rounds])
+        ratio = _median([_ratio(_get(r, key), _get(r, base)) for r in rounds])
         figures = (_fmt(_median([_get(r, name) for r in rounds])) for name in (key, base))
         target = "reported" if limit is None else f">= {limit:.2f}x"
         out.append(Row(measure, *figures, _fmt(ratio, "x", 2), target, _check(ratio, limit)))
+    return out + _single_rows(results)
+
+
+def _single_rows(results: dict[str, Any]) -> list[Row]:
+    """Rows of one figure each: the caller's cost, latency, the burst, the outbox."""
+    out = []
     overhead = results.get("overhead")
     for quantile, limit in (("p50", 30.0), ("p99", None)):
         value = _get(overhead, f"overhead_{quantile}_us")
@@ -108,7 +118,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     for quantile, limit in LATENCY_TARGETS_MS.items():
         lib = _get(results.get("latency_library"), f"{quantile}_ms")
         raw = _get(results.get("latency_raw"), f"{quantile}_ms")
-        ratio = _fmt(lib / raw if raw else math.nan, "x", 2)
+        ratio = _fmt(_ratio(lib, raw), "x", 2)
         passed = _check(lib, limit, most=True)
         out.append(
             Row(f"{latency}, {quantile}", _fmt(lib, " ms", 2), _fmt(raw, " ms", 2), ratio, f"<= {limit:g} ms", passed)
@@ -131,13 +141,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
 def failures(value: Any, kinds: tuple[str, ...] = ("error",), where: str = "") -> list[str]:
     """Every measurement that raised (or, with "skipped" in `kinds`, was skipped), as "where: why"."""
     if isinstance(value, list):
-        return [found for i, item in enumerate(value) for found in failures(item, kinds, f"{where}[{i}]")]
+        return [text for i, item in enumerate(value) for text in failures(item, kinds, f"{where}[{i}]")]
     if not isinstance(value, dict):
         return []
-    found = [f"{where}: {value[kind]}" for kind in kinds if kind in value]
-    return found + [
-        found for key, item in value.items() for found in failures(item, kinds, f"{where}.{key}".lstrip("."))
-    ]
+    own = [f"{where}: {value[kind]}" for kind in kinds if kind in value]
+    return own + [text for key, item in value.items() for text in failures(item, kinds, f"{where}.{key}".lstrip("."))]
 
 
 def machine(server: dict[str, Any]) -> dict[str, Any]:

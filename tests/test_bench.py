@@ -36,4 +36,6 @@ def test_the_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
     rows = [row for row in report["rows"] if not any(word in row["measure"] for word in absent)]
     assert len(rows) >= 16
     assert [row["measure"] for row in rows if "n/a" in (row["library"], row["baseline"], row["ratio"])] == []
-    assert "| measure | library | baseline (same run) | ratio | target | result |" in (tmp_path / "quick.md").read_text()
+    assert (
+        "| measure | library | baseline (same run) | ratio | target | result |" in (tmp_path / "quick.md").read_text()
+    )

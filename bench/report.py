@@ -174,6 +174,8 @@ def markdown(table: list[Row], info: dict[str, Any], results: dict[str, Any]) ->
         "| --- | ---: | ---: | ---: | --- | --- |",
         *(f"| {r.measure} | {r.library} | {r.baseline} | {r.ratio} | {r.target} | {r.result} |" for r in table),
     ]
+    if config.get("quick"):
+        lines[:0] = ["A quick run (`--quick`): it shows that every scenario runs; its figures mean nothing.", ""]
     if failed := failures(results, ("error", "skipped")):
         lines += ["", f"**{len(failed)} measurement(s) failed or were skipped:**", ""]
         lines += [f"- {' '.join(text.split())[:300]}" for text in failed]

@@ -74,15 +74,17 @@ test:
 cluster: $(STAMP) services
 	$(BIN)/pytest -m cluster
 
-# Raw pika baselines and the library in one run; writes bench/results/ (see bench/README.md).
-# The bench extra (FastStream, compared against) goes into the venv only for this target.
+# Raw pika baselines, FastStream and the library in one run; writes bench/results/ (see
+# bench/README.md; docs/performance.md reads the figures). `make bench BENCH_ARGS=--quick`
+# checks in seconds that every scenario runs. The bench extra (FastStream, compared
+# against) goes into the venv only for this target.
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(STAMP) $(BENCH_STAMP) services
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The guide in docs/, with the reference pages generated from the code; fails on any warning.
 docs: $(STAMP)

@@ -3,7 +3,7 @@
 `measure()` (in the `make bench` run) starts the cluster unless it runs, runs this module
 in a child process whose broker is the cluster (BENCH_BROKER_URL lists the three nodes,
 BENCH_QUEUE_TYPE=quorum), and stops the cluster again if it started it. The child runs
-rounds of the confirmed-publish and daemon scenarios of `bench.run` there, raw pika on
+rounds of `bench.run.throughput_round` there (publish and consume), raw pika on
 the first node (where the library connects first) to a quorum queue as the baseline, and
 prints the rounds as one JSON line.
 """
@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any
 
-from bench import common, scenarios
+from bench import common
 
 SCRIPT = common.ROOT / "scripts" / "cluster.sh"
 
@@ -35,7 +35,7 @@ def measure(count: int, rounds: int) -> dict[str, Any]:
         urls = subprocess.run([str(SCRIPT), "urls"], capture_output=True, text=True, check=True).stdout.strip()
         env = {**os.environ, "BENCH_BROKER_URL": urls, "BENCH_QUEUE_TYPE": "quorum"}
         args = ["-m", "bench.cluster", "--count", str(count), "--rounds", str(rounds)]
-        result = scenarios.in_child(args, env, timeout=300 + rounds * count / 100)
+        result = common.in_child(args, env, timeout=300 + rounds * count / 100)
     finally:
         if not running:
             subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=120, check=False)
@@ -52,18 +52,11 @@ def main() -> None:
     import django  # noqa: PLC0415 - the environment above must be in place first
 
     django.setup()
-    from bench import library, run  # noqa: PLC0415 - they read the Django settings
+    from bench import run  # noqa: PLC0415 - it reads the Django settings
 
     names = common.Names(run_id)
-    topology = run._consumer_topology(names)
-    try:
-        common.setup_broker(names)
-        run._declare(topology)
-        library.warm_up()
-        common.purge(names.consumer_queue)
-        rounds = [run._round(args.count, names, raw_first=index % 2 == 0) for index in range(args.rounds)]
-    finally:
-        run._clean_up(names, run._queues(names, topology))
+    with run.prepared(names):
+        rounds = [run.throughput_round(args.count, names, raw_first=index % 2 == 0) for index in range(args.rounds)]
     print(json.dumps({"rounds": rounds}))
     sys.stdout.flush()
 

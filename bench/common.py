@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import statistics
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Names:
-    """Broker objects of one run; all deleted by `teardown()`."""
+    """Broker objects and the PostgreSQL schema of one run; all deleted at its end."""
 
     run_id: str
 
@@ -40,24 +42,12 @@ class Names:
         return f"bench-{self.run_id}"
 
     @property
-    def raw_queue(self) -> str:
-        return f"bench-{self.run_id}-raw"
-
-    @property
-    def raw_latency_queue(self) -> str:
-        return f"bench-{self.run_id}-raw-latency"
-
-    @property
-    def sink_queue(self) -> str:
-        return f"bench-{self.run_id}-sink"
-
-    @property
-    def consumer_queue(self) -> str:
-        return f"bench-{self.run_id}-consumer"
-
-    @property
     def schema(self) -> str:
         return f"bench_{self.run_id}"
+
+    def queue(self, scenario: str) -> str:
+        """A queue of this run for `scenario`."""
+        return f"bench-{self.run_id}-{scenario}"
 
 
 def blocking_channel() -> tuple[pika.BlockingConnection, Any]:
@@ -67,21 +57,18 @@ def blocking_channel() -> tuple[pika.BlockingConnection, Any]:
 
 
 def setup_broker(names: Names) -> dict[str, Any]:
-    """Declare the raw and sink queues of the run; return the broker's server properties."""
+    """Declare the run's exchange and its raw and sink queues; return the broker's server properties."""
     conn, channel = blocking_channel()
     try:
         channel.exchange_declare(names.exchange, exchange_type="topic", durable=True)
-        for queue, key, arguments in (
-            (names.raw_queue, RAW_KEY, None),
-            (names.raw_latency_queue, RAW_LATENCY_KEY, None),
-            # The memory burst and the outbox relay publish here; the broker keeps only the newest.
-            (names.sink_queue, SINK_KEY, {"x-max-length": 1000}),
-        ):
-            channel.queue_declare(queue, durable=True, arguments={"x-queue-type": QUEUE_TYPE, **(arguments or {})})
-            channel.queue_bind(queue, names.exchange, routing_key=key)
-        return dict(conn._impl.server_properties)
+        server = dict(conn._impl.server_properties)
     finally:
         conn.close()
+    bind_queue(names.queue("raw"), names.exchange, RAW_KEY)
+    bind_queue(names.queue("raw-latency"), names.exchange, RAW_LATENCY_KEY)
+    # The memory burst and the outbox relay publish here; the broker keeps only the newest.
+    bind_queue(names.queue("sink"), names.exchange, SINK_KEY, {"x-max-length": 1000})
+    return server
 
 
 def _retry_once(action: Callable[[], T]) -> T:
@@ -134,25 +121,77 @@ def wait_for_depth(queue: str, count: int, timeout: float = 30.0) -> int:
     return depth
 
 
-def teardown(names: Names, queues: list[str]) -> None:
-    """Delete every queue and the exchange of the run, whatever state they are in."""
-    _retry_once(lambda: _delete(names, queues))
+def declare_service(queue: str, events: list[str], *, ordered: bool = False) -> tuple[list[str], list[str]]:
+    """Declare a consumer service's queues as its daemon would; return (queues, exchanges) to delete.
 
+    Declared before the events are published, so that a daemon is timed on a full queue.
+    """
+    from django.conf import settings  # noqa: PLC0415 - the runner's Django settings
 
-def _delete(names: Names, queues: list[str]) -> None:
+    from broadcaster.settings import BroadcasterSettings  # noqa: PLC0415
+    from broadcaster.topology import Partitions, Topology  # noqa: PLC0415
+
+    conf = {**settings.BROADCASTER, "SERVICE_NAME": "bench-consumer", "QUEUE": queue}
+    service_settings = BroadcasterSettings.model_validate(conf)
+    service = Topology.for_settings(service_settings)
+    partitions = Partitions.for_settings(service_settings)
     conn, channel = blocking_channel()
     try:
-        for queue in queues:
-            if channel.is_closed:
-                channel = conn.channel()
-            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-                channel.queue_delete(queue)
-                channel.exchange_delete(f"{queue}.requeue")  # a service queue's own; a no-op for the others
-        if channel.is_closed:
-            channel = conn.channel()
-        channel.exchange_delete(names.exchange)
+        service.declare(channel, [] if ordered else events)
+        if ordered:
+            partitions.declare(channel, events)
     finally:
         conn.close()
+    queues = [service.queue, service.dead_letter_queue, *service.retry_queues]
+    exchanges = [service.requeue_exchange]
+    if ordered:
+        queues += [p.queue for p in partitions.queues]
+        exchanges.append(partitions.exchange)
+    return queues, exchanges
+
+
+def bind_queue(name: str, exchange: str, key: str, arguments: dict[str, Any] | None = None) -> str:
+    """A plain durable queue of the run bound to `key`, for raw pika or FastStream."""
+    conn, channel = blocking_channel()
+    try:
+        channel.queue_declare(name, durable=True, arguments={"x-queue-type": QUEUE_TYPE, **(arguments or {})})
+        channel.queue_bind(name, exchange, routing_key=key)
+    finally:
+        conn.close()
+    return name
+
+
+def delete(queues: list[str], exchanges: list[str]) -> None:
+    """Delete queues and exchanges of the run, whatever state they are in; missing ones are fine."""
+
+    def attempt() -> None:
+        conn, channel = blocking_channel()
+        try:
+            for kind, names in (("queue", queues), ("exchange", exchanges)):
+                for name in names:
+                    if channel.is_closed:
+                        channel = conn.channel()
+                    with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                        getattr(channel, f"{kind}_delete")(name)
+        finally:
+            conn.close()
+
+    _retry_once(attempt)
+
+
+def step(what: str, measure: Callable[[], T]) -> T | dict[str, str]:
+    """Run one measurement and log it; a failure is recorded as {"error": ...}, not fatal to the run."""
+    print(f"  {what} ...", end="", flush=True, file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        result = measure()
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"  {what}: failed", file=sys.stderr)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    shown = f"{result:,.0f}/s" if isinstance(result, float) else "done"
+    print(f" {shown} ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
+    return result
 
 
 def paced(rate: float, count: int) -> Iterator[int]:
@@ -257,3 +296,21 @@ def child(args: list[str], env: dict[str, str]) -> Iterator[Child]:
         yield running
     finally:
         running.stop()
+
+
+def run_to_end(args: list[str], env: dict[str, str], timeout: float) -> str:
+    """Run a bench subprocess to its end; return its stdout (its stderr is printed if it fails)."""
+    process = Child(args, env)
+    try:
+        return process.wait(timeout)
+    except Exception:
+        print(process.stderr()[-2000:], file=sys.stderr)
+        raise
+    finally:
+        process.stop()
+
+
+def in_child(args: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """Run a bench subprocess that prints one JSON object last; return that object."""
+    result: dict[str, Any] = json.loads(run_to_end(args, env, timeout).strip().splitlines()[-1])
+    return result

@@ -1,121 +1,103 @@
-"""The runner's part for receivers that work: rounds of daemon / raw pika / FastStream, the
-I/O-bound scaling of `--concurrency`, ordered against unordered throughput.
+"""Receivers that work: the daemon against raw pika and FastStream doing the same per-event work,
+the I/O-bound scaling of `--concurrency`, and ordered against unordered throughput.
 
-Each function declares the queues it needs under the run's names and deletes them before
-it returns, whatever happens.
+The work is the same everywhere: decode the JSON body (the daemon and FastStream also
+validate it) and append a line to a file. Each function declares its queues under the
+run's names before they are filled, so that every consumer is timed on a full queue, and
+deletes them before it returns, whatever happens. Results are lists of rounds, each a
+dict of events per second by measure.
 """
 
 from __future__ import annotations
 
-import sys
-import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bench import library, peers, workload
-from bench.common import Names, purge
-from bench.events import EVENT
+from bench import library, peers, rawpika, scenarios
+from bench.common import Names, bind_queue, declare_service, delete, purge, step
+from bench.events import EVENT, KEYED_EVENT, KEYS, SLEEP_EVENT, WORK_EVENT, keyed_sent, sleep_sent, work_sent
+
+Measures = list[tuple[str, str, Callable[[], float]]]
 
 
-def _measure(what: str, figures: dict[str, Any], key: str, measure: Callable[[], float]) -> None:
-    print(f"  {what} ...", end="", flush=True, file=sys.stderr)
-    try:
-        figures[key] = float(measure())
-        print(f" {figures[key]:,.0f}/s", file=sys.stderr)
-    except Exception as exc:
-        traceback.print_exc()
-        figures[f"{key}_error"] = f"{type(exc).__name__}: {exc}"
+def _measure_all(figures: dict[str, Any], measures: Measures, turn: int) -> None:
+    """Run `measures`, the one at `turn` first, into `figures`."""
+    turn %= len(measures)
+    for what, key, measure in measures[turn:] + measures[:turn]:
+        figures[key] = step(what, measure)
 
 
 def work_rounds(names: Names, count: int, rounds: int) -> list[dict[str, Any]]:
     """Rounds of: the library's publish and FastStream's, then the same work consumed three ways.
 
     One library publish of WORK_EVENT fills three queues (the daemon's service queue, a raw
-    queue, a FastStream queue); each consumer then drains its own copy. The order of the
-    three consumers and of the two publishers turns each round.
+    queue, a FastStream queue); each consumer then drains its own copy. Which publisher and
+    which consumer goes first turns each round.
     """
-    run = names.run_id
-    service = f"bench-{run}-work"
-    queues, exchanges = workload.declare(run, service, workload.WORK_EVENT)
-    raw = workload.raw_queue(run, names.exchange, f"bench-{run}-work-raw", workload.WORK_EVENT)
-    fast = workload.raw_queue(run, names.exchange, f"bench-{run}-work-faststream", workload.WORK_EVENT)
-    queues += [raw, fast]
+    run, service = names.run_id, names.queue("work")
+    queues, exchanges = declare_service(service, [WORK_EVENT])
+    raw = bind_queue(names.queue("work-raw"), names.exchange, WORK_EVENT)
+    fast = bind_queue(names.queue("work-faststream"), names.exchange, WORK_EVENT)
     has_peer = peers.available()
     out = []
     try:
         for index in range(rounds):
             figures: dict[str, Any] = {}
-            publishers: list[tuple[str, str, Callable[[], float]]] = [
+            publishers: Measures = [
                 ("library send() + flush()", "library_publish", lambda: library.publish_throughput(count))
             ]
-            if has_peer:
-                publishers.append(
-                    ("FastStream gathered publish", "faststream_publish", lambda: _peer_publish(names, count))
-                )
-            for what, key, measure in publishers if index % 2 == 0 else publishers[::-1]:
-                _measure(what, figures, key, measure)
-                purge(names.consumer_queue)
-            workload.fill(workload.work_sent, count)
-            consumers: list[tuple[str, str, Callable[[], float]]] = [
-                ("raw pika, same work", "raw_work", lambda: workload.raw_consume_work(raw, count)),
-                ("daemon, same work", "daemon_work", lambda: workload.daemon(run, service, "work", count)),
+            consumers: Measures = [
+                ("raw pika, same work", "raw_work", lambda: rawpika.consume(raw, count, work=True)),
+                ("daemon, same work", "daemon_work", lambda: scenarios.daemon(run, "work", count, service)),
             ]
             if has_peer:
+                publish = lambda: peers.publish_confirms(names.exchange, EVENT, count)  # noqa: E731
+                publishers.append(("FastStream gathered publish", "faststream_publish", publish))
                 consumers.append(("FastStream, same work", "faststream_work", lambda: peers.consume_work(fast, count)))
-            turn = index % len(consumers)
-            for what, key, measure in consumers[turn:] + consumers[:turn]:
-                _measure(what, figures, key, measure)
+            else:
+                figures["faststream"] = {"skipped": "FastStream is not installed (pip install -e '.[bench]')"}
+            _measure_all(figures, publishers, index)
+            purge(names.queue("consumer"))
+            library.fill(work_sent, count)
+            _measure_all(figures, consumers, index)
             purge(service, raw, fast)
             out.append(figures)
     finally:
-        workload.delete(queues, exchanges)
-    if not has_peer:
-        out.append({"faststream_error": "FastStream is not installed (pip install -e '.[bench]')"})
+        delete([*queues, raw, fast], exchanges)
     return out
 
 
-def _peer_publish(names: Names, count: int) -> float:
-    return peers.publish_confirms(names.exchange, EVENT, count)
-
-
-def scaling(names: Names, slow_count: int = 150, fast_count: int = 1600) -> dict[str, Any]:
+def scaling(names: Names, slow_count: int, fast_count: int) -> list[dict[str, Any]]:
     """Events/s with a receiver that sleeps 20 ms: `--concurrency 16` against `--concurrency 1`."""
-    run = names.run_id
-    service = f"bench-{run}-sleep"
-    queues, exchanges = workload.declare(run, service, workload.SLEEP_EVENT)
+    service = names.queue("sleep")
+    queues, exchanges = declare_service(service, [SLEEP_EVENT])
     figures: dict[str, Any] = {}
     try:
         for concurrency, count in ((1, slow_count), (16, fast_count)):
-            workload.fill(workload.sleep_sent, count)
-            _measure(
+            library.fill(sleep_sent, count)
+            figures[f"concurrency_{concurrency}"] = step(
                 f"20 ms receiver, --concurrency {concurrency}",
-                figures,
-                f"concurrency_{concurrency}",
-                lambda c=concurrency, n=count: workload.daemon(run, service, "sleep", n, c),
+                lambda c=concurrency, n=count: scenarios.daemon(names.run_id, "sleep", n, service, c),
             )
             purge(service)
     finally:
-        workload.delete(queues, exchanges)
-    return figures
+        delete(queues, exchanges)
+    return [figures]
 
 
-def ordered(names: Names, count: int, concurrency: int = 4) -> dict[str, Any]:
-    """Events/s of an ordered subscription over 8 partitions, and of the same unordered."""
-    run = names.run_id
-    ordered_queue, unordered_queue = f"bench-{run}-ordered", f"bench-{run}-unordered"
-    queues, exchanges = workload.declare(run, ordered_queue, workload.KEYED_EVENT, ordered=True)
-    more_queues, more_exchanges = workload.declare(run, unordered_queue, workload.KEYED_EVENT)
-    queues, exchanges = queues + more_queues, exchanges + more_exchanges
-    figures: dict[str, Any] = {"keys": workload.KEYS, "partitions": 8, "concurrency": concurrency}
+def ordered(names: Names, count: int, concurrency: int = 4) -> list[dict[str, Any]]:
+    """Events/s of an ordered subscription over PARTITIONS queues, and of the same unordered."""
+    ordered_queue, unordered_queue = names.queue("ordered"), names.queue("unordered")
+    queues, exchanges = declare_service(ordered_queue, [KEYED_EVENT], ordered=True)
+    more_queues, more_exchanges = declare_service(unordered_queue, [KEYED_EVENT])
+    figures: dict[str, Any] = {"keys": KEYS, "concurrency": concurrency}
     try:
-        workload.fill(workload.keyed_sent, count)  # both subscriptions get a copy
+        library.fill(keyed_sent, count)  # both subscriptions get a copy
         for mode, queue in (("unordered", unordered_queue), ("ordered", ordered_queue)):
-            _measure(
+            figures[mode] = step(
                 f"{mode}, --concurrency {concurrency}",
-                figures,
-                mode,
-                lambda m=mode, q=queue: workload.daemon(run, q, m, count, concurrency),
+                lambda m=mode, q=queue: scenarios.daemon(names.run_id, m, count, q, concurrency),
             )
     finally:
-        workload.delete(queues, exchanges)
-    return figures
+        delete(queues + more_queues, exchanges + more_exchanges)
+    return [figures]

@@ -1,20 +1,32 @@
-"""The benchmark's event: about 300 bytes of JSON with a nested model, decimals and a timestamp."""
+"""The benchmark's events, the signals that carry them, and what a receiver records.
+
+One payload (about 360 bytes of JSON with a nested model, decimals and a timestamp) goes
+out under several event types, one per scenario, so that each scenario's queues receive
+only its own events. A process plays the producer or the consumer role (BENCH_ROLE);
+`register_producer` and `register_consumer` wire it, from `bench.apps`.
+"""
 
 from __future__ import annotations
 
 import atexit
 import json
-import os
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, ClassVar
 
 from django.dispatch import Signal
 from pydantic import BaseModel, ConfigDict
 
-EVENT = "bench.order_placed"
+EVENT = "bench.order_placed"  # publish, consume and latency scenarios
+WORK_EVENT = "bench.work"  # the daemon, raw pika and FastStream each consume a copy
+SLEEP_EVENT = "bench.sleep"  # a receiver that waits 20 ms, as on an API
+KEYED_EVENT = "bench.keyed"  # keyed by order_id: ordered and unordered subscriptions
+KEYS = 100  # partition keys the keyed events are spread over
+SLEEP = 0.020
 WARMUP_ORDER_ID = -1  # events sent before the measurement; receivers do not count them
 
 
@@ -52,9 +64,20 @@ class BenchOrderPlaced(BaseModel):
     sent_ns: int
 
 
-order_placed = Signal()  # broadcast as EVENT by the producer role
+order_placed = Signal()  # broadcast as EVENT (or BENCH_EVENT) by the producer role
 order_placed_plain = Signal()  # the same kwargs, never broadcast: the caller-overhead baseline
-order_placed_remote = Signal()  # EVENT re-emitted in the consumer role
+work_sent, sleep_sent, keyed_sent = Signal(), Signal(), Signal()
+remote = Signal()  # the consumer role's re-emitted event, whatever the scenario
+
+# Consumer modes (BENCH_WORKLOAD): the event each subscribes to.
+MODES = {
+    "noop": EVENT,
+    "latency": EVENT,
+    "work": WORK_EVENT,
+    "sleep": SLEEP_EVENT,
+    "ordered": KEYED_EVENT,
+    "unordered": KEYED_EVENT,
+}
 
 
 @dataclass
@@ -90,52 +113,80 @@ def kwargs_for(order_id: int) -> dict[str, Any]:
 
 def body_for(order_id: int) -> bytes:
     """The payload JSON the library publishes for `kwargs_for(order_id)`; raw pika sends the same."""
-    kwargs = kwargs_for(order_id)
-    payload = BenchOrderPlaced.model_validate(kwargs, from_attributes=True)
+    payload = BenchOrderPlaced.model_validate(kwargs_for(order_id), from_attributes=True)
     return payload.model_dump_json().encode()
 
 
 class Recorder:
-    """What a receiver saw: a count, first and last arrival, and latencies when asked."""
+    """What a receiver saw, from any thread: a count, first and last arrival, latencies if asked."""
 
-    def __init__(self, latency: bool) -> None:
+    def __init__(self, latency: bool = False) -> None:
         self.latency = latency
-        self.count = 0
-        self.first_ns = 0
-        self.last_ns = 0
+        self.count = self.first_ns = self.last_ns = 0
         self.latencies_us: list[float] = []
+        self.lock = threading.Lock()
 
-    def seen(self, order_id: int, sent_ns: int) -> None:
+    def seen(self, order_id: int, sent_ns: int = 0) -> None:
         """Record one event; warm-up events are not counted."""
         if order_id == WARMUP_ORDER_ID:
             return
         now = time.time_ns()
-        if self.count == 0:
-            self.first_ns = now
-        self.last_ns = now
-        self.count += 1
-        if self.latency:
-            self.latencies_us.append((now - sent_ns) / 1000)
+        with self.lock:
+            self.first_ns = self.first_ns or now
+            self.last_ns = now
+            self.count += 1
+            if self.latency:
+                self.latencies_us.append((now - sent_ns) / 1000)
+
+    def rate(self) -> float:
+        """Events per second from the first to the last."""
+        if self.count < 2:
+            raise RuntimeError(f"only {self.count} event(s) handled")
+        return (self.count - 1) / ((self.last_ns - self.first_ns) / 1e9)
 
     def dump(self, path: str) -> None:
-        """Write what was recorded as JSON for the runner."""
-        data = {
-            "count": self.count,
-            "first_ns": self.first_ns,
-            "last_ns": self.last_ns,
-            "latencies_us": self.latencies_us,
-        }
-        with open(path, "w") as out:
-            json.dump(data, out)
+        """Write what was recorded as JSON, for the runner."""
+        fields = ("count", "first_ns", "last_ns", "latencies_us")
+        Path(path).write_text(json.dumps({name: getattr(self, name) for name in fields}))
 
 
-def connect_remote_receiver() -> None:
-    """Consumer role: record every re-emitted event; dump to BENCH_OUT at exit."""
-    recorder = Recorder(latency=os.environ.get("BENCH_RECEIVER") == "latency")
+class Sink:
+    """The receivers' work: one line appended to a file (and handed to the kernel) per event."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "a")  # noqa: SIM115 - open for the life of the consumer
+        self.lock = threading.Lock()
+
+    def append(self, order_id: int) -> None:
+        with self.lock:
+            self.file.write(f"order {order_id} handled\n")
+            self.file.flush()
+
+
+def register_producer(event: str) -> None:
+    """Producer role: broadcast `order_placed` as `event`, and the scenario events."""
+    import broadcaster  # noqa: PLC0415 - the app registry must be ready first
+
+    broadcaster.broadcast(order_placed, event=event, schema=BenchOrderPlaced)
+    broadcaster.broadcast(work_sent, event=WORK_EVENT, schema=BenchOrderPlaced)
+    broadcaster.broadcast(sleep_sent, event=SLEEP_EVENT, schema=BenchOrderPlaced)
+    broadcaster.broadcast(keyed_sent, event=KEYED_EVENT, schema=BenchOrderPlaced, key="order_id")
+
+
+def register_consumer(mode: str, out: str, sink: str | None) -> None:
+    """Consumer role: subscribe to the event of `mode`, do its work, dump a Recorder to `out` at exit."""
+    import broadcaster  # noqa: PLC0415
+
+    broadcaster.subscribe(MODES[mode], schema=BenchOrderPlaced, signal=remote, ordered=mode == "ordered")
+    recorder = Recorder(latency=mode == "latency")
+    work = Sink(sink) if sink and mode in ("work", "ordered", "unordered") else None
 
     def receive(sender: object, order_id: int, sent_ns: int, **kwargs: Any) -> None:
+        if mode == "sleep":
+            time.sleep(SLEEP)
+        elif work is not None:
+            work.append(order_id)
         recorder.seen(order_id, sent_ns)
 
-    order_placed_remote.connect(receive, weak=False, dispatch_uid="bench.receive")
-    if out := os.environ.get("BENCH_OUT"):
-        atexit.register(recorder.dump, out)
+    remote.connect(receive, weak=False, dispatch_uid="bench.receive")
+    atexit.register(recorder.dump, out)

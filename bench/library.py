@@ -1,7 +1,7 @@
-"""Library scenarios: what the caller, the publisher, the relay and the daemon do per event.
+"""Library scenarios on the producer side: the caller, the publisher and the outbox relay.
 
-The runner calls the in-process ones (`publish_throughput`, `caller_overhead`) in a process
-set up as the producer. `python -m bench.library produce|burst|outbox ...` are the
+The runner calls the in-process ones (`publish_throughput`, `caller_overhead`, `fill`) in
+a process set up as the producer. `python -m bench.library produce|burst|outbox ...` are the
 scenarios that need a process of their own; each prints one JSON object on stdout.
 """
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
-import threading
 import time
 from typing import Any
 
+from django.dispatch import Signal
+
 from bench.common import median, paced, percentile, rss_bytes
-from bench.events import WARMUP_ORDER_ID, kwargs_for, order_placed, order_placed_plain
+from bench.events import KEYS, WARMUP_ORDER_ID, keyed_sent, kwargs_for, order_placed, order_placed_plain
 
 WARMUP = 50
 
@@ -53,10 +53,8 @@ def caller_overhead(samples: int, pause: float = 0.0002) -> dict[str, Any]:
     """Microseconds one send() costs the caller, with the broadcast and without.
 
     Calls alternate between the broadcast signal and the same kwargs on a signal nobody
-    broadcasts; a short sleep after each lets the I/O thread publish in between, as it
-    would between requests, so the figure is the caller's own cost, not GIL queueing.
-    Every _PROBE_EVERY calls `machine_speed()` is timed, so the run shows when the machine
-    itself was slow; the target is judged on all samples.
+    broadcasts; a short sleep after each pair lets the I/O thread publish in between, as
+    it would between requests, so the figure is the caller's own cost, not GIL queueing.
     """
     import broadcaster  # noqa: PLC0415
 
@@ -64,11 +62,7 @@ def caller_overhead(samples: int, pause: float = 0.0002) -> dict[str, Any]:
     clock = time.perf_counter_ns
     with_broadcast: list[float] = []
     without: list[float] = []
-    speeds: list[float] = []  # machine_speed() timed last before each sample
-    speed = 0.0
-    for index in range(samples):
-        if index % _PROBE_EVERY == 0:
-            speed = machine_speed()
+    for _ in range(samples):
         start = clock()
         order_placed_plain.send(sender=Order, **kwargs)
         middle = clock()
@@ -76,112 +70,26 @@ def caller_overhead(samples: int, pause: float = 0.0002) -> dict[str, Any]:
         end = clock()
         without.append((middle - start) / 1000)
         with_broadcast.append((end - middle) / 1000)
-        speeds.append(speed)
         time.sleep(pause)
     broadcaster.flush(60)
-    warm = _warm_caller_cost(kwargs, samples)
-    fifth = max(1, samples // 5)
-    # Samples taken while the probe ran near its best of the run, and the others.
-    limit = min(speeds) * _SLOW
-    normal = [i for i in range(samples) if speeds[i] <= limit]
-    slow = [i for i in range(samples) if speeds[i] > limit]
-
-    def overhead(indices: list[int]) -> float:
-        return median([with_broadcast[i] for i in indices]) - median([without[i] for i in indices])
-
     return {
-        **warm,
-        # The same median over each fifth of the run: how much it drifts within one run.
-        "overhead_p50_us_by_fifth": [overhead(list(range(i, i + fifth))) for i in range(0, samples, fifth)][:5],
-        "machine_speed_us_by_fifth": [median(speeds[i : i + fifth]) for i in range(0, samples, fifth)][:5],
-        "normal_share": len(normal) / samples,
-        "normal_overhead_p50_us": overhead(normal),
-        "slow_overhead_p50_us": overhead(slow),
-        "broadcast_p50_us": median(with_broadcast),
-        "broadcast_p99_us": percentile(with_broadcast, 99),
-        "plain_p50_us": median(without),
-        "plain_p99_us": percentile(without, 99),
         "overhead_p50_us": median(with_broadcast) - median(without),
         "overhead_p99_us": percentile(with_broadcast, 99) - percentile(without, 99),
+        "plain_p50_us": median(without),
+        "plain_p99_us": percentile(without, 99),
         "samples": samples,
     }
 
 
-def caller_overhead_apart(samples: int) -> dict[str, Any]:
-    """`caller_overhead()` with the publisher's I/O thread kept on other cores than the caller.
+def fill(signal: Signal, count: int) -> None:
+    """Publish `count` events of a scenario signal (order ids 0..count-1) and wait for the confirms."""
+    import broadcaster  # noqa: PLC0415
 
-    A diagnostic, not a set-up the library makes: it shows what the caller pays when the
-    scheduler puts both threads on one core, which it does as they hand the GIL over.
-    """
-    cpus = sorted(os.sched_getaffinity(0))
-    io_thread = next((t for t in threading.enumerate() if t.name == "broadcaster-publisher"), None)
-    if len(cpus) < 2 or io_thread is None or io_thread.native_id is None:
-        return {"available": False}
-    caller, publisher = threading.get_native_id(), io_thread.native_id
-    try:
-        os.sched_setaffinity(caller, cpus[:1])
-        os.sched_setaffinity(publisher, cpus[1:])
-        return {"available": True, **caller_overhead(samples)}
-    finally:
-        os.sched_setaffinity(caller, cpus)
-        os.sched_setaffinity(publisher, cpus)
-
-
-_PROBE_EVERY = 100  # caller samples between two timings of machine_speed()
-_SLOW = 1.4  # machine_speed() this many times its best of the run: the machine is in a slow phase
-
-
-def machine_speed() -> float:
-    """Microseconds of a fixed pure-Python loop, median of five: how fast this machine runs now.
-
-    It touches nothing of the library or Django. On the VM the bench runs on, it takes
-    about twice as long for seconds at a time, with or without the library at work.
-    """
-    clock = time.perf_counter_ns
-    times = []
-    for _ in range(5):
-        start = clock()
-        total = 0
-        for number in range(300):
-            total += number * number
-        times.append(clock() - start)
-    return median(times) / 1000
-
-
-class _Discard:
-    """A transport that drops what it is handed: the caller's work without the publisher's."""
-
-    def publish(self, message: object, *, wait: bool = True) -> None:
-        pass
-
-    def ensure_room(self) -> None:
-        pass
-
-    def flush(self, timeout: float | None = None) -> None:
-        pass
-
-    def close(self, timeout: float | None = None) -> None:
-        pass
-
-    pending = 0
-
-
-def _warm_caller_cost(kwargs: dict[str, Any], samples: int) -> dict[str, float]:
-    """The caller's own work per broadcast send(), warm and alone: back to back, with a
-    transport that drops each event, so no I/O thread competes for the GIL or the caches."""
-    from broadcaster.publisher import use_transport  # noqa: PLC0415
-
-    clock = time.perf_counter_ns
-    costs: list[float] = []
-    with use_transport(_Discard()):
-        for _ in range(samples):
-            start = clock()
-            order_placed.send(sender=Order, **kwargs)
-            middle = clock()
-            order_placed_plain.send(sender=Order, **kwargs)
-            end = clock()
-            costs.append(((middle - start) - (end - middle)) / 1000)  # broadcast minus plain
-    return {"warm_overhead_p50_us": median(costs), "warm_overhead_p99_us": percentile(costs, 99)}
+    kwargs = kwargs_for(0)
+    for index in range(count):
+        kwargs["order_id"] = index % KEYS if signal is keyed_sent else index
+        signal.send(sender=Order, **kwargs)
+    broadcaster.flush(120)
 
 
 def produce(rate: float, count: int) -> dict[str, Any]:

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import BROKER_URL
-from bench.events import BenchOrderPlaced, kwargs_for
-from bench.workload import Clock, Sink
+from bench.events import BenchOrderPlaced, Recorder, Sink, kwargs_for
 
 PREFETCH = 100  # as the daemon's
 
@@ -82,7 +81,7 @@ async def _consume(queue_name: str, count: int) -> float:
     from faststream.rabbit import RabbitQueue  # noqa: PLC0415
 
     broker = _broker()
-    clock = Clock()
+    recorder = Recorder()
     done = asyncio.Event()
     with tempfile.TemporaryDirectory() as tmp:
         sink = Sink(str(Path(tmp) / "sink.txt"))
@@ -90,8 +89,8 @@ async def _consume(queue_name: str, count: int) -> float:
         @broker.subscriber(RabbitQueue(queue_name, durable=True, declare=False))
         async def handle(event: BenchOrderPlaced) -> None:
             sink.append(event.order_id)
-            clock.tick()
-            if clock.count >= count:
+            recorder.seen(event.order_id)
+            if recorder.count >= count:
                 done.set()
 
         await broker.start()
@@ -100,4 +99,4 @@ async def _consume(queue_name: str, count: int) -> float:
         finally:
             await broker.stop()
             sink.file.close()
-    return clock.rate()
+    return recorder.rate()

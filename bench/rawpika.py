@@ -10,14 +10,16 @@ import argparse
 import contextlib
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pika
 from pika.adapters.select_connection import SelectConnection
 
 from bench.common import BROKER_URL, RAW_LATENCY_KEY, paced
-from bench.events import WARMUP_ORDER_ID, Recorder
+from bench.events import WARMUP_ORDER_ID, Recorder, Sink
 
 WARMUP = 50
 
@@ -107,36 +109,36 @@ def publish_confirms(exchange: str, key: str, body: bytes, count: int, window: i
     return _PipelinedPublisher(exchange, key, body, count, window).run()
 
 
-def consume(queue: str, count: int, prefetch: int = 100) -> float:
-    """Messages per second consumed with a manual ack each, first to last delivery."""
+def consume(queue: str, count: int, *, work: bool = False, prefetch: int = 100) -> float:
+    """Messages per second consumed with a manual ack each, first to last delivery.
+
+    With `work`, each message gets the receivers' work first: json.loads, a line appended.
+    """
+    recorder = Recorder()
     conn = pika.BlockingConnection(pika.URLParameters(BROKER_URL))
-    times = [0.0, 0.0]
-    seen = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = Sink(str(Path(tmp) / "sink.txt"))
 
-    def on_message(channel: Any, method: Any, _properties: Any, _body: bytes) -> None:
-        nonlocal seen
-        now = time.perf_counter()
-        if seen == 0:
-            times[0] = now
-        times[1] = now
-        seen += 1
-        channel.basic_ack(method.delivery_tag)
-        if seen >= count:
-            channel.stop_consuming()
+        def on_message(channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+            if work:
+                sink.append(json.loads(body)["order_id"])
+            recorder.seen(0)
+            channel.basic_ack(method.delivery_tag)
 
-    try:
-        channel = conn.channel()
-        channel.basic_qos(prefetch_count=prefetch)
-        channel.basic_consume(queue, on_message)
-        deadline = time.monotonic() + 120
-        while seen < count and time.monotonic() < deadline:
-            conn.process_data_events(time_limit=1)
-    finally:
-        with contextlib.suppress(pika.exceptions.AMQPError):
-            conn.close()
-    if seen < count:
-        raise TimeoutError(f"raw consume saw {seen} of {count} messages")
-    return (count - 1) / (times[1] - times[0])
+        try:
+            channel = conn.channel()
+            channel.basic_qos(prefetch_count=prefetch)
+            channel.basic_consume(queue, on_message)
+            deadline = time.monotonic() + 180
+            while recorder.count < count and time.monotonic() < deadline:
+                conn.process_data_events(time_limit=1)
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                conn.close()
+            sink.file.close()
+    if recorder.count < count:
+        raise TimeoutError(f"raw consume saw {recorder.count} of {count} messages")
+    return recorder.rate()
 
 
 def latency_consumer(queue: str, count: int, out: str) -> None:

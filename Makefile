@@ -61,12 +61,15 @@ suite-py312: $(VENV312)/.installed services
 suite-py311: $(VENV311)/.installed services
 	$(VENV311)/bin/pytest -m "not faults" -q
 
-# The fault tests restart RabbitMQ, so everything before them runs one at a time; the two
-# older pairs then run side by side (their output is printed whole as each finishes), the
-# second venv being built while the first suite runs.
+# The three suites spend most of their time waiting on the broker and the databases, and
+# each has test databases and broker names of its own, so they run side by side (each
+# one's output is printed whole as it finishes; the older pairs' venvs are built while
+# the first suite runs). The fault tests restart RabbitMQ and the cluster tests load the
+# machine with three more nodes, so they run after, one at a time.
 test:
-	$(MAKE) --no-print-directory -j1 lint typecheck suite faults cluster
-	$(MAKE) --no-print-directory -j2 --output-sync=target suite-py312 suite-py311
+	$(MAKE) --no-print-directory -j1 lint typecheck
+	$(MAKE) --no-print-directory -j3 --output-sync=target suite suite-py312 suite-py311
+	$(MAKE) --no-print-directory -j1 faults cluster
 
 # Fault tests on a three-node RabbitMQ cluster (scripts/cluster.sh); the test session starts
 # the cluster when it is not running (about half a minute) and stops it afterwards.

@@ -50,10 +50,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy broadcaster schemas
 
 suite: $(STAMP) services
-	$(BIN)/pytest -m "not faults"
+	$(BIN)/pytest -m "not faults" --durations=15
 
 faults: $(STAMP) services
-	$(BIN)/pytest -m faults
+	$(BIN)/pytest -m faults --durations=15
 
 suite-py312: $(VENV312)/.installed services
 	$(VENV312)/bin/pytest -m "not faults" -q
@@ -75,7 +75,7 @@ test:
 # the cluster when it is not running (about half a minute) and stops it afterwards.
 .PHONY: cluster
 cluster: $(STAMP) services
-	$(BIN)/pytest -m cluster
+	$(BIN)/pytest -m cluster --durations=15
 
 # Raw pika baselines, FastStream and the library in one run; writes bench/results/ (see
 # bench/README.md; docs/performance.md reads the figures). `make bench BENCH_ARGS=--quick`

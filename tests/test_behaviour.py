@@ -29,7 +29,7 @@ from broadcaster.envelope import Envelope, decode, properties_for
 from broadcaster.payload import dump
 from broadcaster.registry import broadcasts, subscriptions
 from broadcaster.settings import get_settings
-from broadcaster.testing import InMemoryBroker
+from broadcaster.testing import InMemoryBroker, topic_matches
 from broadcaster.topology import Partitions, Topology
 from tests.conftest import Broker, wait_for
 
@@ -109,9 +109,11 @@ class RabbitKit:
     def start(self) -> None:
         # What this service publishes, seen by a queue of the test's own bound to exactly those events,
         # so that what no queue of the service takes is still returned to its publisher.
-        for index, event in enumerate(sorted({b.event for b in broadcasts()})):
-            self.events_tap = self.rabbit.tap(event) if index == 0 else self.events_tap
-            self.rabbit.connection.channel().queue_bind(self.events_tap, self.rabbit.exchange, event)
+        events = sorted({b.event for b in broadcasts()})
+        if events:
+            tap = self.events_tap = self.rabbit.tap(events[0])
+            for event in events[1:]:
+                self.rabbit.connection.channel().queue_bind(tap, self.rabbit.exchange, event)
         self.consumer = Consumer(get_settings(), subscriptions())
         self.thread = threading.Thread(target=self.consumer.run, daemon=True)
         self.thread.start()
@@ -422,3 +424,24 @@ def test_the_stale_event_guard_skips_an_older_version(kit: Kit) -> None:
 
     assert [c["revision"] for c in calls] == [2, 3]
     assert kit.verdicts() == {"acked": 3}  # the stale one is acknowledged without its receivers
+
+
+PATTERNS = ["#", "*", "a", "a.*", "a.#", "*.b", "#.b", "a.*.c", "a.#.c", "#.#", "*.*", "a.b.#", "#.a.#", "*.#", ""]
+KEYS = ["", "a", "b", "a.b", "a.c", "b.b", "a.b.c", "a.x.y.c", "a.c.c", "x.a.y", "a..c", "a.b.c.d"]
+
+
+def test_topic_patterns_route_as_rabbitmq_routes_them(broker: Broker) -> None:
+    """`topic_matches` against the broker itself: a queue per pattern, every key published once."""
+    channel = broker.connection.channel()
+    channel.exchange_declare(broker.exchange, "topic", durable=True)
+    queues = {}
+    for index, pattern in enumerate(PATTERNS):
+        queues[pattern] = f"{broker.exchange}.pattern.{index}"
+        channel.queue_declare(queues[pattern], durable=True)
+        broker.queues.append(queues[pattern])
+        channel.queue_bind(queues[pattern], broker.exchange, pattern)
+    for key in KEYS:
+        broker.publish(key, key.encode(), pika.BasicProperties())
+
+    routed = {pattern: {m.body.decode() for m in broker.drain(queue)} for pattern, queue in queues.items()}
+    assert routed == {pattern: {key for key in KEYS if topic_matches(pattern, key)} for pattern in PATTERNS}

@@ -31,7 +31,7 @@ from broadcaster.registry import broadcasts, subscriptions
 from broadcaster.settings import get_settings
 from broadcaster.testing import InMemoryBroker, topic_matches
 from broadcaster.topology import Partitions, Topology
-from tests.conftest import Broker, wait_for
+from tests.conftest import Broker, Received, wait_for
 
 SERVICE = "tests"  # SERVICE_NAME of the test settings: what this process broadcasts as
 OTHER = "shop"  # the service kit.send() publishes as
@@ -59,6 +59,7 @@ class Kit(Protocol):
     def verdicts(self) -> dict[str, int]: ...
     def retries(self) -> list[tuple[int, str, str]]: ...
     def dead_letters(self) -> list[tuple[str, str | None, int | None]]: ...
+    def dead_letter_headers(self) -> list[dict[str, Any]]: ...
     def published(self) -> list[Envelope]: ...
 
 
@@ -92,6 +93,9 @@ class MemoryKit:
     def dead_letters(self) -> list[tuple[str, str | None, int | None]]:
         return [(d.record.routing_key or "", d.reason, d.attempts) for d in self.broker.dead_letters]
 
+    def dead_letter_headers(self) -> list[dict[str, Any]]:
+        return [d.headers for d in self.broker.dead_letters]
+
     def published(self) -> list[Envelope]:
         return [event.envelope for event in self.broker]
 
@@ -105,6 +109,7 @@ class RabbitKit:
         self.thread: threading.Thread | None = None
         self.topology = Topology.for_settings(get_settings())
         self.events_tap: str | None = None
+        self.dead: list[Received] = []
 
     def start(self) -> None:
         # What this service publishes, seen by a queue of the test's own bound to exactly those events,
@@ -167,9 +172,15 @@ class RabbitKit:
 
     def dead_letters(self) -> list[tuple[str, str | None, int | None]]:
         settings = get_settings()
-        letters = self.rabbit.drain(self.topology.dead_letter_queue)
-        records = [failures.read(m.properties, m.body, settings) for m in letters]
+        records = [failures.read(m.properties, m.body, settings) for m in self._dead_letters()]
         return [(r.routing_key or "", r.reason, r.attempts) for r in records]
+
+    def dead_letter_headers(self) -> list[dict[str, Any]]:
+        return [m.headers for m in self._dead_letters()]
+
+    def _dead_letters(self) -> list[Received]:
+        self.dead += self.rabbit.drain(self.topology.dead_letter_queue)
+        return self.dead
 
     def published(self) -> list[Envelope]:
         tapped = self.rabbit.drain(self.events_tap) if self.events_tap else []
@@ -287,6 +298,34 @@ def test_exhausted_retries_dead_letter_with_the_reason(kit: Kit) -> None:
     assert kit.retries() == [(1, _delay_queue(0), "receiver-error"), (2, _delay_queue(1), "receiver-error")]
     assert kit.verdicts() == {"retried": 2, "dead-lettered": 1}
     assert kit.dead_letters() == [("shop.order_placed", "receiver-error", 3)]
+    [headers] = kit.dead_letter_headers()
+    assert (headers["x-broadcaster-error"], headers["x-broadcaster-exception"]) == (
+        "stock service down",
+        "builtins.ConnectionError",
+    )
+    assert sorted(name for name in headers if not name.startswith("ce-")) == [
+        "x-broadcaster-attempt",
+        "x-broadcaster-attempts",
+        "x-broadcaster-error",
+        "x-broadcaster-exception",
+        "x-broadcaster-first-failure",
+        "x-broadcaster-last-failure",
+        "x-broadcaster-queue",
+        "x-broadcaster-reason",
+        "x-broadcaster-routing-key",
+        "x-broadcaster-seal",
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+    ]
+    requeue = Topology.for_settings(get_settings()).requeue_exchange
+    # Written by the broker when each delay queue's TTL ran out: the latest first.
+    assert [(d["queue"], d["reason"], d["count"], d["exchange"], d["routing-keys"]) for d in headers["x-death"]] == [
+        (_delay_queue(1), "expired", 1, requeue, [_delay_queue(1)]),
+        (_delay_queue(0), "expired", 1, requeue, [_delay_queue(0)]),
+    ]
+    assert (headers["x-first-death-queue"], headers["x-first-death-reason"]) == (_delay_queue(0), "expired")
 
 
 @pytest.mark.parametrize(

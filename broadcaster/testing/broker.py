@@ -11,10 +11,12 @@ own, never slept: `run_retries()` and `advance()` deliver what waits.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import threading
 from collections import defaultdict, deque
+from datetime import UTC, datetime
 from typing import Any
 
 import pika
@@ -174,7 +176,7 @@ class InMemoryBroker(Capture):
     def _publish(
         self, exchange: str, routing_key: str, props: pika.BasicProperties, body: bytes, retry: Retry | None = None
     ) -> None:
-        message = Message(routing_key, _wire(props), body)
+        message = Message(routing_key, _wire(props), body, exchange)
         exchanges, consumed = self._network()
         queues = exchanges.route(exchange, routing_key, message.headers)
         if not queues:
@@ -195,7 +197,8 @@ class InMemoryBroker(Capture):
         exchanges, _ = self._network()
         arguments = exchanges.plan.queues.get(queue, {})
         key = arguments.get("x-dead-letter-routing-key", message.routing_key)
-        self._publish(str(arguments["x-dead-letter-exchange"]), str(key), message.properties, message.body)
+        props = _expired(message, queue)
+        self._publish(str(arguments["x-dead-letter-exchange"]), str(key), props, message.body)
         self._pump()
 
     def _pump(self) -> None:
@@ -260,6 +263,31 @@ def _dispatch(
     message: Message, attempt: int, settings: BroadcasterSettings, subscribed: dict[str, Subscription]
 ) -> Outcome:
     return dispatch(message.properties, message.body, settings=settings, subscriptions=subscribed, attempt=attempt)
+
+
+def _expired(message: Message, queue: str) -> pika.BasicProperties:
+    """The properties of a message the broker dead-letters from `queue` as expired: ``x-death`` added.
+
+    As RabbitMQ 3.10 writes it: one entry per queue and reason, the latest first, its
+    count raised when the message dies there again; ``x-first-death-*`` set once.
+    """
+    headers = message.headers
+    deaths = [death for death in headers.get("x-death") or [] if isinstance(death, dict)]
+    earlier = next((d for d in deaths if (d.get("queue"), d.get("reason")) == (queue, "expired")), None)
+    entry = {
+        "count": (earlier or {}).get("count", 0) + 1,
+        "exchange": message.exchange,
+        "queue": queue,
+        "reason": "expired",
+        "routing-keys": [message.routing_key],
+        "time": datetime.now(UTC).replace(microsecond=0),
+    }
+    headers["x-death"] = [entry, *(death for death in deaths if death is not earlier)]
+    for name, value in (("exchange", message.exchange), ("queue", queue), ("reason", "expired")):
+        headers.setdefault(f"x-first-death-{name}", value)
+    props = copy.copy(message.properties)
+    props.headers = headers
+    return props
 
 
 def _wire(props: pika.BasicProperties) -> pika.BasicProperties:

@@ -23,6 +23,8 @@ class Message:
     routing_key: str
     properties: pika.BasicProperties
     body: bytes
+    exchange: str = ""
+    """The exchange it was published to."""
 
     @property
     def headers(self) -> dict[str, Any]:

@@ -136,6 +136,7 @@ class RabbitKit:
             self.consumer.stop()
             self.thread.join(10)
         channel = self.rabbit.connection.channel()
+        channel.queue_delete(Topology.for_instance(get_settings()).queue)
         partitions = Partitions.for_settings(get_settings())
         for queue in partitions.queues:
             channel.queue_delete(queue.queue)
@@ -199,7 +200,8 @@ def _body(body: Any) -> bytes:
 @pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.broker)])
 def kit(request: pytest.FixtureRequest, settings: Any) -> Iterator[Kit]:
     """The same scenario on the in-memory broker, or on RabbitMQ with a daemon (marked ``broker``)."""
-    options = {"RETRY_DELAYS": DELAYS, "PARTITIONS": 2, "MAX_HOPS": 3}
+    instance = f"i{uuid.uuid4().hex[:8]}"
+    options = {"RETRY_DELAYS": DELAYS, "PARTITIONS": 2, "MAX_HOPS": 3, "INSTANCE_ID": instance}
     if request.param == "memory":
         settings.BROADCASTER = {**settings.BROADCASTER, **options}
         memory = MemoryKit()
@@ -354,6 +356,20 @@ def test_a_message_that_can_never_succeed_is_dead_lettered_at_once(
     assert kit.retries() == []
     assert kit.verdicts() == {"dead-lettered": 1}
     assert kit.dead_letters() == [("shop.order_placed", reason, 1)]
+
+
+def test_a_failing_instance_event_is_dead_lettered_at_once(kit: Kit) -> None:
+    calls = Calls(fail_on=(1,))
+    _subscribe("cache.flushed", calls, fanout="instance")
+    kit.start()
+
+    assert kit.send("cache.flushed", ORDER, schema_version="2.0")
+    kit.finish(handled=1)
+
+    assert [c["attempt"] for c in calls] == [1]  # an instance queue has no delay queues
+    assert kit.retries() == []
+    assert kit.verdicts() == {"dead-lettered": 1}
+    assert kit.dead_letters() == [("cache.flushed", "receiver-error", 1)]
 
 
 def test_loop_prevention_and_the_causation_chain(kit: Kit) -> None:

@@ -8,33 +8,25 @@ between the test kit and production. The ``rabbitmq`` runs are marked ``broker``
 
 from __future__ import annotations
 
-import json
-import threading
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import pika
-import pika.exceptions
 import pytest
 from django.dispatch import Signal
 from pydantic import BaseModel
 
 import broadcaster
-from broadcaster import failures
-from broadcaster.consumer import Consumer
-from broadcaster.envelope import Envelope, decode, properties_for
-from broadcaster.payload import dump
-from broadcaster.registry import broadcasts, subscriptions
+from broadcaster.envelope import Envelope
+from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
-from broadcaster.testing import InMemoryBroker, topic_matches
-from broadcaster.topology import Partitions, Topology
-from tests.conftest import Broker, Received, wait_for
+from broadcaster.testing import topic_matches
+from broadcaster.topology import Topology
+from tests.behaviour_kits import OTHER, Kit, MemoryKit, RabbitKit
+from tests.conftest import Broker
 
-SERVICE = "tests"  # SERVICE_NAME of the test settings: what this process broadcasts as
-OTHER = "shop"  # the service kit.send() publishes as
 DELAYS = [0.05, 0.1]
 
 
@@ -47,154 +39,6 @@ class Placed(BaseModel):
 class Revised(BaseModel):
     sku: str
     revision: int
-
-
-class Kit(Protocol):
-    """What a scenario does and reads; the same on both brokers."""
-
-    def start(self) -> None: ...
-    def send(self, event: str, body: Any, **options: Any) -> bool: ...
-    def bind(self, pattern: str) -> None: ...
-    def finish(self, handled: int) -> None: ...
-    def verdicts(self) -> dict[str, int]: ...
-    def retries(self) -> list[tuple[int, str, str]]: ...
-    def dead_letters(self) -> list[tuple[str, str | None, int | None]]: ...
-    def dead_letter_headers(self) -> list[dict[str, Any]]: ...
-    def published(self) -> list[Envelope]: ...
-
-
-class MemoryKit:
-    def __init__(self) -> None:
-        self.broker = InMemoryBroker()
-
-    def start(self) -> None:
-        self.broker.__enter__()
-
-    def stop(self) -> None:
-        if self.broker._transport is not None:
-            self.broker.__exit__(None, None, None)
-
-    def send(self, event: str, body: Any, **options: Any) -> bool:
-        envelope = self.broker.send(event, body, **{"source": OTHER, **options})
-        return all(message.headers.get("ce-id") != envelope.id for message in self.broker.unrouted)
-
-    def bind(self, pattern: str) -> None:
-        self.broker.bind(pattern)
-
-    def finish(self, handled: int) -> None:
-        self.broker.run_retries()
-
-    def verdicts(self) -> dict[str, int]:
-        return dict(Counter(h.verdict.value for h in self.broker.handled))
-
-    def retries(self) -> list[tuple[int, str, str]]:
-        return [(r.attempt, r.queue, r.reason) for r in self.broker.retries if not r.in_place]
-
-    def dead_letters(self) -> list[tuple[str, str | None, int | None]]:
-        return [(d.record.routing_key or "", d.reason, d.attempts) for d in self.broker.dead_letters]
-
-    def dead_letter_headers(self) -> list[dict[str, Any]]:
-        return [d.headers for d in self.broker.dead_letters]
-
-    def published(self) -> list[Envelope]:
-        return [event.envelope for event in self.broker]
-
-
-class RabbitKit:
-    """RabbitMQ with a Consumer on a thread, the real publisher, and taps that see what production does."""
-
-    def __init__(self, broker: Broker) -> None:
-        self.rabbit = broker
-        self.consumer: Consumer | None = None
-        self.thread: threading.Thread | None = None
-        self.topology = Topology.for_settings(get_settings())
-        self.events_tap: str | None = None
-        self.dead: list[Received] = []
-
-    def start(self) -> None:
-        # What this service publishes, seen by a queue of the test's own bound to exactly those events,
-        # so that what no queue of the service takes is still returned to its publisher.
-        events = sorted({b.event for b in broadcasts()})
-        if events:
-            tap = self.events_tap = self.rabbit.tap(events[0])
-            for event in events[1:]:
-                self.rabbit.connection.channel().queue_bind(tap, self.rabbit.exchange, event)
-        self.consumer = Consumer(get_settings(), subscriptions())
-        self.thread = threading.Thread(target=self.consumer.run, daemon=True)
-        self.thread.start()
-        wait_for(lambda: self.consumer is not None and self.consumer._connection is not None, "the daemon")
-        # A copy of every retry: a second queue bound to the requeue exchange with each delay queue's name.
-        channel = self.rabbit.connection.channel()
-        self.retry_tap = f"{self.rabbit.exchange}.tap.retries"
-        channel.queue_declare(self.retry_tap, durable=True)
-        self.rabbit.queues.append(self.retry_tap)
-        for name in self.topology.retry_queues:
-            channel.queue_bind(self.retry_tap, self.topology.requeue_exchange, name)
-
-    def stop(self) -> None:
-        if self.consumer is not None and self.thread is not None:
-            self.consumer.stop()
-            self.thread.join(10)
-        channel = self.rabbit.connection.channel()
-        channel.queue_delete(Topology.for_instance(get_settings()).queue)
-        partitions = Partitions.for_settings(get_settings())
-        for queue in partitions.queues:
-            channel.queue_delete(queue.queue)
-        channel.exchange_delete(partitions.exchange)
-
-    def send(self, event: str, body: Any, *, headers: dict[str, Any] | None = None, **options: Any) -> bool:
-        envelope = Envelope.new(type=event, **{"source": OTHER, **options})
-        props = properties_for(envelope, headers={**envelope.headers(), **(headers or {})})
-        channel = self.rabbit.connection.channel()
-        channel.confirm_delivery()
-        try:
-            channel.basic_publish(self.rabbit.exchange, event, _body(body), props, mandatory=True)
-        except pika.exceptions.UnroutableError:
-            return False
-        return True
-
-    def bind(self, pattern: str) -> None:
-        self.rabbit.connection.channel().queue_bind(self.topology.queue, self.rabbit.exchange, pattern)
-
-    def finish(self, handled: int) -> None:
-        assert self.consumer is not None
-        consumer = self.consumer
-        wait_for(lambda: consumer.handled >= handled, f"{handled} deliveries settled")
-
-    def verdicts(self) -> dict[str, int]:
-        assert self.consumer is not None
-        return dict(self.consumer.counts)
-
-    def retries(self) -> list[tuple[int, str, str]]:
-        return [
-            (m.headers[failures.ATTEMPTS], m.routing_key, m.headers[failures.REASON])
-            for m in self.rabbit.drain(self.retry_tap)
-        ]
-
-    def dead_letters(self) -> list[tuple[str, str | None, int | None]]:
-        settings = get_settings()
-        records = [failures.read(m.properties, m.body, settings) for m in self._dead_letters()]
-        return [(r.routing_key or "", r.reason, r.attempts) for r in records]
-
-    def dead_letter_headers(self) -> list[dict[str, Any]]:
-        return [m.headers for m in self._dead_letters()]
-
-    def _dead_letters(self) -> list[Received]:
-        self.dead += self.rabbit.drain(self.topology.dead_letter_queue)
-        return self.dead
-
-    def published(self) -> list[Envelope]:
-        tapped = self.rabbit.drain(self.events_tap) if self.events_tap else []
-        mine = [m for m in tapped if m.headers.get("ce-source") == SERVICE]
-        return [decode(m.properties, m.body).envelope for m in mine]
-
-
-def _body(body: Any) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, BaseModel):
-        return dump(body)
-    return json.dumps(body).encode()
 
 
 @pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.broker)])

@@ -29,9 +29,9 @@ from broadcaster.registry import Subscription, subscriptions
 from broadcaster.settings import BroadcasterSettings, get_settings
 from broadcaster.settlement import Verdict, settle
 from broadcaster.testing.capture import Capture, _body
-from broadcaster.testing.exchanges import Exchanges
+from broadcaster.testing.exchanges import Exchanges, service_network
 from broadcaster.testing.records import DeadLetter, Handled, Message, Retry
-from broadcaster.topology import Partitions, Topology, plan
+from broadcaster.topology import Topology
 
 __all__ = ["InMemoryBroker"]
 
@@ -157,21 +157,7 @@ class InMemoryBroker(Capture):
     # -- the broker ------------------------------------------------------------------
 
     def _network(self) -> tuple[Exchanges, dict[str, Topology]]:
-        """The service's exchanges and bindings, and the queues its daemon consumes (as it declares them)."""
-        settings, subscribed = get_settings(), subscriptions()
-        recorded = plan(settings, subscribed)
-        consumed = {} if not subscribed else {settings.queue_name: Topology.for_settings(settings)}
-        instance = [event for event, sub in subscribed.items() if sub.fanout == "instance"]
-        if instance:
-            mine = Topology.for_instance(settings)
-            mine.declare(recorded, instance)
-            consumed[mine.queue] = mine
-        if any(sub.ordered for sub in subscribed.values()):
-            consumed.update((t.queue, t) for t in Partitions.for_settings(settings).queues)
-        exchanges = Exchanges(recorded)
-        for queue, exchange, key in self._bindings:
-            exchanges.bind(queue, exchange, key)
-        return exchanges, consumed
+        return service_network(get_settings(), subscriptions(), self._bindings)
 
     def _publish(
         self, exchange: str, routing_key: str, props: pika.BasicProperties, body: bytes, retry: Retry | None = None

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from broadcaster.topology import Binding, Plan
+from broadcaster.registry import Subscription
+from broadcaster.settings import BroadcasterSettings
+from broadcaster.topology import Binding, Partitions, Plan, Topology, plan
 
-__all__ = ["Exchanges", "topic_matches"]
+__all__ = ["Exchanges", "service_network", "topic_matches"]
 
 _MAX_EXCHANGE_HOPS = 16  # exchange-to-exchange bindings may form a cycle; RabbitMQ visits each once
 
@@ -91,6 +93,28 @@ class Exchanges:
         if kind == "x-consistent-hash":
             return _one_by_hash(bindings, headers.get(str(arguments.get("hash-header", ""))))
         raise ValueError(f"the test kit does not route through {kind!r} exchanges ({exchange})")
+
+
+def service_network(
+    settings: BroadcasterSettings, subscribed: Mapping[str, Subscription], extra: Iterable[tuple[str, str, str]] = ()
+) -> tuple[Exchanges, dict[str, Topology]]:
+    """The service's exchanges and bindings, and the queues its daemon consumes, as the daemon declares them.
+
+    `extra` bindings (queue, exchange, routing key) are added, as ``queue_bind`` would.
+    """
+    recorded = plan(settings, subscribed)
+    consumed = {settings.queue_name: Topology.for_settings(settings)} if subscribed else {}
+    instance = [event for event, sub in subscribed.items() if sub.fanout == "instance"]
+    if instance:
+        mine = Topology.for_instance(settings)
+        mine.declare(recorded, instance)
+        consumed[mine.queue] = mine
+    if any(sub.ordered for sub in subscribed.values()):
+        consumed.update((queue.queue, queue) for queue in Partitions.for_settings(settings).queues)
+    exchanges = Exchanges(recorded)
+    for queue, exchange, key in extra:
+        exchanges.bind(queue, exchange, key)
+    return exchanges, consumed
 
 
 def _one_by_hash(bindings: list[Binding], value: object) -> list[Binding]:

@@ -36,6 +36,7 @@ class Kit(Protocol):
     def retries(self) -> list[tuple[int, str, str]]: ...
     def dead_letters(self) -> list[tuple[str, str | None, int | None]]: ...
     def dead_letter_headers(self) -> list[dict[str, Any]]: ...
+    def kept(self, queue: str) -> list[Any]: ...
     def published(self) -> list[Envelope]: ...
 
 
@@ -72,6 +73,9 @@ class MemoryKit:
     def dead_letter_headers(self) -> list[dict[str, Any]]:
         return [d.headers for d in self.broker.dead_letters]
 
+    def kept(self, queue: str) -> list[Any]:
+        return [m.payload for m in self.broker.queues[queue]]
+
     def published(self) -> list[Envelope]:
         return [event.envelope for event in self.broker]
 
@@ -88,24 +92,30 @@ class RabbitKit:
         self.dead: list[Received] = []
 
     def start(self) -> None:
-        # What this service publishes, seen by a queue of the test's own bound to exactly those events,
-        # so that what no queue of the service takes is still returned to its publisher.
-        events = sorted({b.event for b in broadcasts()})
-        if events:
-            tap = self.events_tap = self.rabbit.tap(events[0])
-            for event in events[1:]:
-                self.rabbit.connection.channel().queue_bind(tap, self.rabbit.exchange, event)
         self.consumer = Consumer(get_settings(), subscriptions())
         self.thread = threading.Thread(target=self.consumer.run, daemon=True)
         self.thread.start()
         wait_for(lambda: self.consumer is not None and self.consumer._connection is not None, "the daemon")
-        # A copy of every retry: a second queue bound to the requeue exchange with each delay queue's name.
+        # Taps once the daemon declared EXCHANGE (with its alternate exchange, if any).
+        # What this service publishes: a queue bound to exactly those events, so that
+        # what no queue of the service takes is still returned to its publisher.
+        events = sorted({b.event for b in broadcasts()})
+        if events:
+            self.events_tap = self._tap(self.rabbit.exchange, events, "events")
+        # A copy of every retry: bound to the requeue exchange with each delay queue's name.
+        self.retry_tap = self._tap(self.topology.requeue_exchange, self.topology.retry_queues, "retries")
+
+    def _tap(self, exchange: str, keys: list[str], name: str) -> str:
         channel = self.rabbit.connection.channel()
-        self.retry_tap = f"{self.rabbit.exchange}.tap.retries"
-        channel.queue_declare(self.retry_tap, durable=True)
-        self.rabbit.queues.append(self.retry_tap)
-        for name in self.topology.retry_queues:
-            channel.queue_bind(self.retry_tap, self.topology.requeue_exchange, name)
+        queue = f"{self.rabbit.exchange}.tap.{name}"
+        channel.queue_declare(queue, durable=True)
+        self.rabbit.queues.append(queue)
+        for key in keys:
+            channel.queue_bind(queue, exchange, key)
+        return queue
+
+    def kept(self, queue: str) -> list[Any]:
+        return [json.loads(m.body) for m in self.rabbit.drain(queue)]
 
     def stop(self) -> None:
         if self.consumer is not None and self.thread is not None:
@@ -117,6 +127,10 @@ class RabbitKit:
         for queue in partitions.queues:
             channel.queue_delete(queue.queue)
         channel.exchange_delete(partitions.exchange)
+        settings = get_settings()
+        if settings.unrouted_queue is not None and settings.unrouted_exchange is not None:
+            channel.queue_delete(settings.unrouted_queue)
+            channel.exchange_delete(settings.unrouted_exchange)
 
     def send(self, event: str, body: Any, *, headers: dict[str, Any] | None = None, **options: Any) -> bool:
         envelope = Envelope.new(type=event, **{"source": OTHER, **options})

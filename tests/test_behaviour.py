@@ -216,6 +216,42 @@ def test_a_failing_instance_event_is_dead_lettered_at_once(kit: Kit) -> None:
     assert kit.dead_letters() == [("cache.flushed", "receiver-error", 1)]
 
 
+def test_what_no_queue_takes_is_kept_by_unrouted_queue(kit: Kit, settings: Any) -> None:
+    parked = f"parked-{uuid.uuid4().hex[:8]}"
+    settings.BROADCASTER = {**settings.BROADCASTER, "UNROUTED_QUEUE": parked}
+    _subscribe("shop.order_placed", Calls())
+    kit.start()
+
+    assert kit.send("shop.order_cancelled", {"order_id": 1})  # taken by the alternate exchange's queue
+    assert kit.send("shop.order_placed", ORDER, schema_version="2.0")
+    kit.finish(handled=1)
+
+    assert kit.kept(parked) == [{"order_id": 1}]
+    assert kit.verdicts() == {"acked": 1}
+
+
+def test_signed_events(kit: Kit, settings: Any) -> None:
+    settings.BROADCASTER = {
+        **settings.BROADCASTER,
+        "SIGNING_KEYS": {"tests": {"k1": "s" * 32}, OTHER: {"k9": "t" * 32}},
+        "SIGNING_KEY_ID": "k1",
+        "REQUIRE_SIGNATURES": True,
+    }
+    placed = Signal()
+    broadcaster.broadcast(placed, event="shop.order_placed", schema=Placed)
+    calls = Calls()
+    _subscribe("shop.order_placed", calls)
+    kit.start()
+
+    placed.send(None, order_id=1, total="1.00")  # signed by this service's publisher
+    kit.send("shop.order_placed", ORDER, schema_version="2.0")  # unsigned
+    kit.finish(handled=2)
+
+    assert [c["order_id"] for c in calls] == [1]
+    assert kit.verdicts() == {"acked": 1, "dead-lettered": 1}
+    assert kit.dead_letters() == [("shop.order_placed", "unsigned", 1)]
+
+
 def test_loop_prevention_and_the_causation_chain(kit: Kit) -> None:
     ping, pong = Signal(), Signal()
     broadcaster.broadcast(ping, event="relay.ping", schema=Placed)  # this service also publishes pings

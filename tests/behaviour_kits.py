@@ -92,6 +92,7 @@ class RabbitKit:
         self.dead: list[Received] = []
 
     def start(self) -> None:
+        self.topology = Topology.for_settings(get_settings())  # with the test's own settings
         self.consumer = Consumer(get_settings(), subscriptions())
         self.thread = threading.Thread(target=self.consumer.run, daemon=True)
         self.thread.start()

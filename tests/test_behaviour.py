@@ -174,6 +174,20 @@ def test_exhausted_retries_dead_letter_with_the_reason(kit: Kit) -> None:
     assert (headers["x-first-death-queue"], headers["x-first-death-reason"]) == (_delay_queue(0), "expired")
 
 
+def test_a_delay_used_twice_counts_twice_in_one_x_death_entry(kit: Kit, settings: Any) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "RETRY_DELAYS": [0.05, 0.05]}
+    calls = Calls(fail_on=(1, 2, 3))
+    _subscribe("shop.order_placed", calls)
+    kit.start()
+
+    kit.send("shop.order_placed", ORDER, schema_version="2.0")
+    kit.finish(handled=3)
+
+    assert kit.retries() == [(1, _delay_queue(0), "receiver-error"), (2, _delay_queue(0), "receiver-error")]
+    [headers] = kit.dead_letter_headers()
+    assert [(d["queue"], d["count"]) for d in headers["x-death"]] == [(_delay_queue(0), 2)]
+
+
 @pytest.mark.parametrize(
     ("body", "options", "reason"),
     [

@@ -1,15 +1,9 @@
-"""A test kit for projects that use broadcaster: no broker needed.
+"""Capture what a block broadcasts, and deliver one event as the daemon would.
 
 - `capture_broadcasts()` records what a block of code broadcasts (after commit, as in
   production) instead of sending it to RabbitMQ.
-- `deliver()` hands an event to this process's subscriptions exactly as the daemon
-  would: decoding, version check, upcasting, validation, loop prevention, inbox.
-- `InMemoryBroker` does both at once: what is broadcast is delivered to the local
-  subscriptions, so a producer -> consumer path runs in one test process.
-
-With pytest, the ``broadcasts`` fixture (from the plugin `broadcaster.pytest_plugin`,
-loaded automatically) yields a capture. With Django's TestCase, on_commit callbacks
-only run inside ``self.captureOnCommitCallbacks(execute=True)``, as for any on_commit code.
+- `deliver()` hands one event to this process's subscriptions as the daemon's dispatch
+  does: decoding, version check, upcasting, validation, loop prevention, inbox.
 """
 
 from __future__ import annotations
@@ -30,7 +24,7 @@ from broadcaster.publisher import use_transport
 from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
 
-__all__ = ["Capture", "CapturedEvent", "InMemoryBroker", "capture_broadcasts", "deliver"]
+__all__ = ["Capture", "CapturedEvent", "capture_broadcasts", "deliver"]
 
 
 @dataclass(frozen=True)
@@ -131,31 +125,3 @@ def _body(payload: BaseModel | dict[str, Any] | bytes) -> bytes:
     if isinstance(payload, BaseModel):
         return dump(payload)
     return json.dumps(payload, default=str).encode()
-
-
-class InMemoryBroker(Capture):
-    """A transport that delivers every event to this process's subscriptions at once.
-
-    Use as ``with InMemoryBroker() as broker:``; `broker` lists what was broadcast and
-    `outcomes` what each delivery did. Events nobody here subscribes to are only recorded.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.outcomes: list[Outcome] = []
-        self._transport: Any = None
-
-    def publish(self, message: OutboundMessage, *, wait: bool = True) -> None:
-        """Record `message`, then deliver it if this process subscribes to its type."""
-        super().publish(message, wait=wait)
-        if message.envelope.type in subscriptions():
-            outcome = deliver(message.envelope.type, message.body, envelope=message.envelope, raise_errors=False)
-            self.outcomes.append(outcome)
-
-    def __enter__(self) -> InMemoryBroker:
-        self._transport = use_transport(self)
-        self._transport.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._transport.__exit__(*exc)

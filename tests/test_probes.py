@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from pydantic import BaseModel
 import broadcaster
 from broadcaster import probes
 from broadcaster.consumer import Consumer
+from broadcaster.management.commands.relay_outbox import relay_probes
+from broadcaster.outbox import Relay
 from tests.conftest import Broker, wait_for
 
 EVENT = "probes.pinged"
@@ -105,3 +108,18 @@ def test_unknown_paths_are_not_found(served: tuple[Consumer, str]) -> None:
         urllib.request.urlopen(f"{base}/nothing", timeout=5)
     caught.value.close()
     assert caught.value.code == 404
+
+
+def test_relay_outbox_probes_follow_its_loop_and_its_last_round() -> None:
+    relay, stop = Relay(), threading.Event()
+    live, ready = relay_probes(relay, stop)
+    assert live()[0]
+    assert ready()[0]
+    relay.failing = True  # the last round did not reach the database or the broker
+    assert ready() == (False, {"failing": True, "published": 0})
+    assert live()[0]
+    relay.turned -= 3600  # a loop that has not turned for an hour is stuck
+    assert not live()[0]
+    stop.set()
+    relay.turned += 3600
+    assert not live()[0]

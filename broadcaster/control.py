@@ -26,7 +26,7 @@ import pika
 import pika.exceptions
 
 from broadcaster import connection, observability
-from broadcaster.exceptions import BrokerUnavailable
+from broadcaster.exceptions import BrokerUnavailable, PublishError
 from broadcaster.killswitch import KillSwitch, Pause
 from broadcaster.settings import BroadcasterSettings
 
@@ -176,7 +176,8 @@ class Control:
 def send_command(settings: BroadcasterSettings, command: str) -> bool:
     """Record `command` (pause or resume) for the service's daemons and send it to the running ones.
 
-    Returns whether a running daemon was there to receive it. Raises BrokerUnavailable.
+    Returns whether a running daemon was there to receive it. Raises BrokerUnavailable,
+    or PublishError when the broker refuses (a user without the service's permissions).
     """
     try:
         conn = connection.connect_blocking(connection.Nodes(settings, "control"))
@@ -199,6 +200,8 @@ def send_command(settings: BroadcasterSettings, command: str) -> bool:
         except pika.exceptions.UnroutableError:
             return False
         return True
+    except pika.exceptions.AMQPError as exc:  # refused: permissions, or another user than the service's
+        raise PublishError(f"the broker refused the {command} command: {connection.describe(exc)}") from exc
     finally:
         connection.close_quietly(conn)
 

@@ -8,6 +8,7 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
+from django.core.management import CommandError, call_command
 
 from broadcaster import control
 from broadcaster.control import Control
@@ -132,3 +133,10 @@ def test_a_resume_sent_while_the_daemon_was_away_is_seen_when_it_reconnects() ->
     channel.marker = False  # --resume deleted the marker meanwhile
     gate.attach(Connection(channel), channel)  # type: ignore[arg-type]
     assert gate.consuming
+
+
+def test_pause_without_a_broker_is_a_one_line_error(settings: Any) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "BROKER_URL": "amqp://svc:secret@127.0.0.1:1/%2F"}
+    with pytest.raises(CommandError, match=r"^consume_signals: cannot reach the broker") as caught:
+        call_command("consume_signals", "--pause")
+    assert "secret" not in str(caught.value)

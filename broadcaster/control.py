@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -84,7 +85,8 @@ class Control:
             self._commands.append(PAUSE)
         elif self._held_remotely:
             self._commands.append(RESUME)  # resumed while this daemon was away
-        queue = f"{control_exchange(self._settings)}.{self._settings.instance_name}"
+        # Per process, whatever INSTANCE_ID says: two daemons must never share an exclusive queue.
+        queue = f"{control_exchange(self._settings)}.{socket.gethostname()}-{os.getpid()}"
         channel.exchange_declare(control_exchange(self._settings), exchange_type="fanout", durable=True)
         channel.queue_declare(queue, exclusive=True, auto_delete=True)
         channel.queue_bind(queue, control_exchange(self._settings))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 from typing import Any
 
 import pika
@@ -15,7 +17,7 @@ from broadcaster.control import Control
 from broadcaster.killswitch import KillSwitch, Limits
 from broadcaster.settings import BroadcasterSettings
 
-SETTINGS = BroadcasterSettings.model_validate({"SERVICE_NAME": "orders", "INSTANCE_ID": "pod-1"})
+SETTINGS = BroadcasterSettings.model_validate({"SERVICE_NAME": "orders", "INSTANCE_ID": "pod-1"})  # not in names
 
 
 class Channel:
@@ -83,10 +85,11 @@ def command(gate_channel: Channel, body: dict[str, Any], user: str | None = "gue
     gate_channel.on_command(gate_channel, None, props, json.dumps(body).encode())
 
 
-def test_attach_listens_on_an_exclusive_queue_of_the_instance_and_consumes() -> None:
+def test_attach_listens_on_an_exclusive_queue_of_the_process_and_consumes() -> None:
     gate, channel, daemon = attached()
-    assert ("queue_declare", ("orders.control.pod-1", {"exclusive": True, "auto_delete": True})) in channel.calls
-    assert ("queue_bind", ("orders.control.pod-1", "orders.control")) in channel.calls
+    queue = f"orders.control.{socket.gethostname()}-{os.getpid()}"
+    assert ("queue_declare", (queue, {"exclusive": True, "auto_delete": True})) in channel.calls
+    assert ("queue_bind", (queue, "orders.control")) in channel.calls
     assert gate.consuming
     assert daemon.started == 1
 

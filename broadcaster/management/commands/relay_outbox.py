@@ -20,7 +20,12 @@ logger = logging.getLogger("broadcaster.outbox")
 
 
 class Command(BaseCommand):
-    help = "Publish unpublished outbox rows to the broker, once (--once) or until stopped."
+    help = (
+        "Publish unpublished outbox rows to the broker, once (--once) or until stopped. "
+        "Example: manage.py relay_outbox --metrics-port 9101 (probes /healthz and /readyz, and /metrics). "
+        "Exit codes: 0 stopped by SIGTERM/SIGINT, or --once done; 1 settings or broker error, or still busy "
+        "SHUTDOWN_TIMEOUT s after the stop signal; 2 bad usage."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--once", action="store_true", help="publish what is waiting, then exit")

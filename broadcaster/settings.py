@@ -454,6 +454,7 @@ class SettingProblem:
 _CHECK_IDS = {"SERVICE_NAME": "broadcaster.E002", "BROKER_URL": "broadcaster.E003"}
 # Nodes of a BROKER_URL list that disagree, by pydantic error type.
 _TYPE_IDS = {"broker_url_schemes": "broadcaster.E020", "broker_url_credentials": "broadcaster.E021"}
+# The kill switch's keys: one rule (a number in range), one id.
 _CHECK_IDS.update(
     dict.fromkeys(
         ("KILL_SWITCH_RATIO", "KILL_SWITCH_WINDOW", "KILL_SWITCH_MIN_EVENTS", "KILL_SWITCH_COOLDOWN"),

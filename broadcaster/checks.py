@@ -28,7 +28,7 @@ ERROR_REPORTS_ID = "broadcaster.W001"
 
 
 def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
-    """broadcaster.E001-E005, E020-E021: the BROADCASTER setting is missing or invalid; W020: see below."""
+    """broadcaster.E001-E005, E020-E021, E030: the BROADCASTER setting is missing or invalid; W020: see below."""
     settings, problems = validate()
     if settings is not None and len(settings.broker_urls) > 1 and settings.queue_type == "classic":
         return [_CLASSIC_ON_CLUSTER]
@@ -140,6 +140,8 @@ _HINTS = {
     "or amqps:// for all of them.",
     "broadcaster.E021": "A client fails over from node to node with one user: give every URL the same "
     "user, password and vhost.",
+    "broadcaster.E030": "KILL_SWITCH_RATIO is a share of events above 0 and at most 1 (or None to turn the kill "
+    "switch off); KILL_SWITCH_WINDOW and KILL_SWITCH_COOLDOWN are seconds above 0; KILL_SWITCH_MIN_EVENTS at least 1.",
     "broadcaster.W002": "Use on_delete=models.CASCADE on that foreign key (Django then deletes, and signals, row by "
     "row), or broadcast the deletion from the parent model's signal.",
 }

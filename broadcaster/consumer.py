@@ -34,15 +34,16 @@ import pika.exceptions
 
 from broadcaster import connection, failures, observability, properties, publisher
 from broadcaster.connection import describe
-from broadcaster.dispatch import Action, Outcome, dispatch
+from broadcaster.control import Control
+from broadcaster.dispatch import Action, Outcome
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
-from broadcaster.failures import Reason
+from broadcaster.killswitch import KillSwitch, Limits
 from broadcaster.registry import Subscription
 from broadcaster.scheduler import AckWindow
 from broadcaster.settings import BroadcasterSettings
 from broadcaster.settlement import Settlement, Verdict, settle
 from broadcaster.topology import Partitions, Topology
-from broadcaster.workers import Delivery, Finished, Housekeeping, Receivers
+from broadcaster.workers import Delivery, Finished, Handling, Receivers, describe_delivery, lane_of
 
 __all__ = ["Consumer"]
 
@@ -50,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 _FAILURE_RESERVE = 4096  # bytes of failure headers a copy adds (the error text is at most 1,000 characters)
 _POLL = 1  # seconds the connection's thread waits for I/O when nothing happens
+_CONNECT_TIME = 60  # seconds a connection attempt to every node may take before the loop counts as stuck
 _CONNECTION_ERRORS = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.AMQPChannelError,
@@ -96,15 +98,19 @@ class Consumer:
         self._stop = threading.Event()
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
-        self._consumer_tags: list[str] = []
         self._nodes = connection.Nodes(settings, "consumer")
         self._frame_max = self._nodes.all[0].params.frame_max
         self._submitted = 0
         self._finished: deque[Finished] = deque()
         self._wake_pending = False
         self._acks = AckWindow()
+        self._handle = Handling(settings, self.subscriptions, self._stop)
         self._receivers = Receivers(self._handle, self._on_finished, self.concurrency)
-        self._housekeeping = Housekeeping(settings, self.subscriptions)
+        self.control = Control(
+            settings, KillSwitch(Limits.for_settings(settings)), self._consume_queues, self._return_queued
+        )
+        self._running = False
+        self._turned = time.monotonic()  # the last turn of the connection's loop, for /healthz
 
     @property
     def handled(self) -> int:
@@ -123,12 +129,14 @@ class Consumer:
         """
         properties.install_tolerant_decoder()
         self._receivers.start()
+        self._running = True
         try:
             self._connect_first()
             self._log_start()
             self._consume()
             self._finish_in_hand()
         finally:
+            self._running = False
             self._receivers.stop()
             self._close()
         logger.info("consume_signals: stopped after %d message(s) (%s)", self.handled, self._summary())
@@ -148,6 +156,7 @@ class Consumer:
 
     def _consume(self) -> None:
         while not self._stop.is_set():
+            self._turned = time.monotonic()
             try:
                 if self._connection is None:
                     # A receiver still running holds a delivery of the lost channel; let it
@@ -158,6 +167,7 @@ class Consumer:
                 assert self._connection is not None  # connected just above
                 self._connection.process_data_events(time_limit=_POLL)
                 self._settle_finished()
+                self.control.apply()
                 self._receivers.report_long_running(self.settings.consumer_timeout)
             except (*_CONNECTION_ERRORS, *_COPY_REFUSED, BrokerUnavailable) as exc:
                 self._drop_connection()
@@ -207,15 +217,12 @@ class Consumer:
             channel.confirm_delivery()
             channel.basic_qos(prefetch_count=self.prefetch)
             self._declare(channel)
-            self._consumer_tags = [
-                channel.basic_consume(topology.queue, functools.partial(self._on_message, topology))
-                for topology in self._queues
-            ]
+            self._connection, self._channel, self._acks = conn, channel, AckWindow()
+            self.control.attach(conn, channel)  # consumes, unless the daemon is paused
         except Exception:
+            self._connection = self._channel = None
             connection.close_quietly(conn)
             raise
-        self._connection, self._channel = conn, channel
-        self._acks = AckWindow()
         self.connections_opened += 1
         self._nodes.connected(node)
         return node
@@ -229,6 +236,20 @@ class Consumer:
                 # An event that became ordered must stop reaching the service queue too.
                 channel.queue_unbind(self.topology.queue, self.topology.exchange, routing_key=event)
 
+    def _consume_queues(self, channel: Any) -> list[str]:
+        return [
+            channel.basic_consume(topology.queue, functools.partial(self._on_message, topology))
+            for topology in self._queues
+        ]
+
+    def _return_queued(self) -> None:
+        # Paused: what arrived but did not start goes back to the queue (running ones finish).
+        tags = [delivery.tag for delivery in self._receivers.take_queued() if delivery.channel is self._channel]
+        for tag in tags:
+            self._channel.basic_nack(tag, requeue=True)
+        self._send_acks(tags, frozenset(tags))
+        self._submitted -= len(tags)
+
     # -- the connection's thread ---------------------------------------------------
 
     def _on_message(
@@ -237,7 +258,7 @@ class Consumer:
         if self._stop.is_set() or (self.max_messages is not None and self._submitted >= self.max_messages):
             return  # left unacked: the broker redelivers it when the channel closes
         self._submitted += 1
-        lane = _lane(props) if topology.in_place_retries else None
+        lane = lane_of(props) if topology.in_place_retries else None
         attempt = failures.attempt(props, body, self.settings)  # believed only on our own sealed copies
         delivery = Delivery(topology, channel, method.delivery_tag, method.routing_key, props, body, attempt, lane)
         self._acks.delivered(method.delivery_tag)
@@ -260,17 +281,24 @@ class Consumer:
             if settlement.verdict is Verdict.REQUEUED:
                 requeued.add(delivery.tag)
             verdict = settlement.verdict.value
+            if outcome.action is not Action.DEAD_LETTER:  # bad input says nothing of the receivers' health
+                self.control.record(outcome.action is Action.RETRY)
             self.counts[verdict] += 1
             label = self._event_label(outcome)
             observability.handled(outcome.envelope, label, verdict, outcome.reason, finished.seconds)
         if settled:
-            acks = self._acks.settle(settled, already=frozenset(requeued))
-            if acks.up_to is not None:  # usually one frame for every message of the round
-                self._channel.basic_ack(acks.up_to, multiple=True)
-            for tag in acks.single:  # finished ahead of a slower one: its prefetch slot frees now
-                self._channel.basic_ack(tag)
+            self._send_acks(settled, frozenset(requeued))
+        if self.control.switch.paused and self.control.consuming:
+            self.control.apply()  # tripped just now: stop taking more at once
         if self.max_messages is not None and self.handled >= self.max_messages:
             self.stop()
+
+    def _send_acks(self, settled: list[int], already: frozenset[int]) -> None:
+        acks = self._acks.settle(settled, already=already)
+        if acks.up_to is not None:  # usually one frame for every message of the round
+            self._channel.basic_ack(acks.up_to, multiple=True)
+        for tag in acks.single:  # finished ahead of a slower one: its prefetch slot frees now
+            self._channel.basic_ack(tag)
 
     def _carry_out(self, delivery: Delivery, finished: Finished, settlement: Settlement) -> None:
         if settlement.verdict is Verdict.REQUEUED:
@@ -286,9 +314,21 @@ class Consumer:
         return event if event in self.subscriptions else "(other)"
 
     def healthy(self) -> bool:
-        """Connected and not stopping: what a container liveness probe should see."""
+        """Connected and not stopping."""
         conn = self._connection
         return conn is not None and conn.is_open and not self._stop.is_set()
+
+    def live(self) -> tuple[bool, dict[str, Any]]:
+        """/healthz: running, and its loop turned lately (reconnecting waits at most RECONNECT_MAX_DELAY)."""
+        since = time.monotonic() - self._turned
+        stuck = since > _POLL + self.settings.reconnect_max_delay + _CONNECT_TIME
+        details = {"running": self._running, "loop_seconds_ago": round(since, 1), **self.control.status()}
+        return self._running and not stuck, details
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """/readyz: connected and consuming (not paused)."""
+        status = self.control.status()
+        return self.healthy() and status["consuming"], {"connected": self.healthy(), **status}
 
     def _republish(self, channel: Any, delivery: Delivery, finished: Finished, queue: str) -> None:
         # A sealed copy under our own broker user: the next delivery believes its attempt
@@ -316,6 +356,7 @@ class Consumer:
     def _drop_connection(self) -> None:
         # Unsent acks die with the channel: the broker redelivers those messages.
         self._receivers.discard_queued()
+        self.control.detach()
         conn, self._connection, self._channel = self._connection, None, None
         if conn is not None:
             connection.close_quietly(conn)
@@ -324,8 +365,7 @@ class Consumer:
         if self._connection is not None:
             try:
                 if self._channel is not None and self._channel.is_open:
-                    for tag in self._consumer_tags:
-                        self._channel.basic_cancel(tag)
+                    self.control.cancel()
             except _CONNECTION_ERRORS:
                 pass
             self._drop_connection()
@@ -333,68 +373,6 @@ class Consumer:
             publisher.flush(self.settings.shutdown_timeout)
         except FlushTimeout as exc:
             logger.error("consume_signals: %s at shutdown", exc)
-
-    # -- the receivers' thread -----------------------------------------------------
-
-    def _handle(self, delivery: Delivery) -> Finished:
-        """Run the receivers of one delivery (retrying in place on a partition); never raises."""
-        started = time.perf_counter()
-        self._housekeeping.before_delivery()
-        confirmed, attempt = True, delivery.attempt
-        try:
-            outcome = self._dispatch(delivery, attempt)
-            while self._retry_in_place(delivery, outcome, attempt):
-                delay = self.settings.retry_delays[attempt - 1]
-                logger.warning("consume_signals: retrying %s in place in %g s", _name(outcome, delivery), delay)
-                if self._stop.wait(delay):  # stopping: left unacked, it comes back in order
-                    return Finished(delivery, outcome, False, time.perf_counter() - started, attempt, True)
-                attempt += 1
-                outcome = self._dispatch(delivery, attempt)
-            if outcome.action is Action.ACK:
-                confirmed = self._flush_caused_events(outcome)
-        except Exception as exc:  # nothing a message carries may stop the daemon
-            logger.exception("consume_signals: unexpected error handling delivery %s", delivery.tag)
-            outcome = internal_error(exc)
-        return Finished(delivery, outcome, confirmed, time.perf_counter() - started, attempt)
-
-    def _retry_in_place(self, delivery: Delivery, outcome: Outcome, attempt: int) -> bool:
-        return (
-            outcome.action is Action.RETRY
-            and delivery.topology.in_place_retries
-            and attempt < self.settings.max_attempts
-            and not self._stop.is_set()
-        )
-
-    def _dispatch(self, delivery: Delivery, attempt: int) -> Outcome:
-        reason = properties.undecodable(delivery.properties)
-        if reason is not None:
-            return Outcome(
-                Action.DEAD_LETTER,
-                reason=Reason.UNDECODABLE,
-                detail=f"the message's properties cannot be decoded ({reason}); its headers are lost",
-            )
-        return dispatch(
-            delivery.properties,
-            delivery.body,
-            settings=self.settings,
-            subscriptions=self.subscriptions,
-            attempt=attempt,
-        )
-
-    def _flush_caused_events(self, outcome: Outcome) -> bool:
-        # Events the receivers fired must be safe at the broker before the message that
-        # caused them is acked, or a crash in between would lose them.
-        try:
-            publisher.flush(self.settings.publish_timeout)
-        except FlushTimeout as exc:
-            envelope = outcome.envelope
-            logger.error(
-                "events caused by %s were not confirmed (%s); requeueing it",
-                envelope and envelope.id,
-                exc,
-            )
-            return False
-        return True
 
     def _on_finished(self, finished: Finished) -> None:
         # On the receivers' thread: hand the result to the connection's thread and wake it,
@@ -410,29 +388,6 @@ class Consumer:
             self._wake_pending = False
 
 
-def internal_error(exc: BaseException) -> Outcome:
-    """The outcome of an exception nobody foresaw while handling a message: a dead letter."""
-    return Outcome(
-        Action.DEAD_LETTER,
-        reason=Reason.INTERNAL_ERROR,
-        detail=f"{type(exc).__qualname__}: {exc}"[: failures.ERROR_TEXT_LIMIT],
-        exception=f"{type(exc).__module__}.{type(exc).__qualname__}",
-    )
-
-
-def _lane(props: pika.BasicProperties) -> str | None:
-    key = (props.headers or {}).get("ce-partitionkey")
-    if isinstance(key, bytes):
-        key = key.decode("utf-8", "backslashreplace")
-    return key if isinstance(key, str) and key else None
-
-
-def _name(outcome: Outcome, delivery: Delivery) -> str:
-    envelope, props = outcome.envelope, delivery.properties
-    event = envelope.type if envelope else props.type or "(unknown event)"
-    return f"{event} {envelope.id if envelope else props.message_id or '(no id)'}"
-
-
 def _log_dead_letter(outcome: Outcome, delivery: Delivery, attempt: int) -> None:
-    name, detail = _name(outcome, delivery), outcome.detail[:200]
+    name, detail = describe_delivery(outcome, delivery), outcome.detail[:200]
     logger.error("dead-lettered %s after %d attempt(s): %s: %s", name, attempt, outcome.reason, detail)

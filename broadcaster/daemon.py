@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["log_to_stderr_unless_configured", "stop_on_signals"]
+__all__ = ["log_to_stderr_unless_configured", "stop_on_signals", "toggle_on_sigusr1"]
 
 logger = logging.getLogger("broadcaster.daemon")
 
@@ -36,6 +36,11 @@ def stop_on_signals(name: str, stop: Callable[[], None], timeout: float) -> None
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+
+def toggle_on_sigusr1(toggle: Callable[[], None]) -> None:
+    """On SIGUSR1 call `toggle` (pause or resume the daemon); it must only leave a note."""
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: toggle())
 
 
 def _give_up(name: str, timeout: float) -> None:

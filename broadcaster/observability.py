@@ -3,8 +3,9 @@
 - Logs: ``broadcaster.events`` logs each handled event at INFO with `event`, `id`,
   `source`, `attempt`, `outcome` and `duration_ms`, in the text and as `extra` fields
   for JSON formatters.
-- Metrics (extra ``prometheus``): counters and histograms below, served with a health
-  endpoint by ``consume_signals --metrics-port`` / ``relay_outbox --metrics-port``.
+- Metrics (extra ``prometheus``): counters, gauges and histograms below, served with
+  the probes by ``consume_signals --metrics-port`` / ``relay_outbox --metrics-port``
+  (``broadcaster.probes``).
 - Traces (extra ``otel``): the trace context of the code that fired the signal travels
   in ``ce-traceparent``, and the remote receivers run in a span that continues it.
 
@@ -20,7 +21,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +34,8 @@ __all__ = [
     "publish_failed",
     "published",
     "receiving",
-    "serve",
     "set_outbox_backlog",
+    "set_paused",
     "unrouted",
     "watch_buffer",
 ]
@@ -84,6 +84,10 @@ class _Metrics:
         self.buffer = prometheus.Gauge("broadcaster_publisher_buffer", "Events not yet confirmed by the broker")
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.outbox_backlog = prometheus.Gauge("broadcaster_outbox_backlog", "Outbox rows not yet published")
+        self.paused = prometheus.Gauge(
+            "broadcaster_paused", "1 while the daemon does not consume (kill switch or operator)"
+        )
+        self.pauses = prometheus.Counter("broadcaster_pauses", "Times the daemon stopped consuming", ["reason"])
 
     def child(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, looked up once: labels() costs more than inc() itself."""
@@ -150,6 +154,14 @@ def set_outbox_backlog(rows: int) -> None:
         metrics.outbox_backlog.set(rows)
 
 
+def set_paused(paused: bool, reason: str | None = None) -> None:
+    """The daemon stopped consuming (`reason`: tripped or operator) or started again."""
+    if metrics := _get_metrics():
+        metrics.paused.set(1 if paused else 0)
+        if paused and reason:
+            metrics.child(metrics.pauses, reason).inc()
+
+
 def handled(envelope: Envelope | None, event: str, outcome: str, reason: str, seconds: float) -> None:
     """Log and count one message the daemon finished with."""
     fields = {
@@ -214,33 +226,3 @@ def _tracing_configured() -> bool:
     assert trace is not None  # checked by the caller
     provider = trace.get_tracer_provider()
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
-
-
-def serve(port: int, healthy: Callable[[], bool], host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    """Serve /metrics (Prometheus) and /healthz (200 while `healthy()`) on a thread."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.startswith("/healthz"):
-                ok = healthy()
-                self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
-            elif self.path.startswith("/metrics") and prometheus is not None:
-                self._reply(200, prometheus.generate_latest(), prometheus.CONTENT_TYPE_LATEST)
-            elif self.path.startswith("/metrics"):
-                self._reply(501, b"install django-signal-broadcaster[prometheus]\n", "text/plain")
-            else:
-                self._reply(404, b"not found\n", "text/plain")
-
-        def _reply(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # probes every few seconds would drown the daemon's own log
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, name="broadcaster-metrics", daemon=True).start()
-    return server

@@ -35,6 +35,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -110,6 +111,7 @@ class Relay:
         self.using = using
         self.published = 0
         self.blocked = False  # the last batch found another relay publishing
+        self.turned, self.failing = time.monotonic(), False  # the loop's last turn; its last round failed
         self._publisher: Publisher | None = None
         self._last_prune = 0.0
 
@@ -130,6 +132,7 @@ class Relay:
         """Relay until `stop` is set, polling every OUTBOX_POLL_INTERVAL or when woken."""
         failures = 0
         while not stop.is_set():
+            self.turned, self.failing = time.monotonic(), failures > 0  # for the probes
             try:
                 published = self.run_once()
                 failures = 0

@@ -56,6 +56,9 @@ def topology_lines(
         ),
         f"queue {topology.dead_letter_queue} (dead letters, with the reason in headers)",
         f"exchange {topology.requeue_exchange} (direct; retries, dead letters and replays, to the queue named)",
+        f"exchange {topology.queue}.control (fanout; --pause/--resume to every daemon, each on a queue "
+        f"{topology.queue}.control.<host>-<pid>)",
+        f"exchange {topology.queue}.paused (exists while the daemons are paused by --pause)",
     ]
     if per_instance := sorted(set(instance_events)):
         lines += [
@@ -98,6 +101,8 @@ def permission_commands(
     # through it, never through the default exchange, which cannot be limited by routing key).
     names = [topology.queue, topology.dead_letter_queue, *topology.retry_queues, topology.requeue_exchange]
     patterns = [*map(_escape, names)] if subscribed else []
+    if subscribed:  # pausing: the control exchange, one queue on it per daemon, the pause marker
+        patterns += [_escape(f"{topology.queue}.control") + r"(\..+)?", _escape(f"{topology.queue}.paused")]
     if any(True for _ in instance_events):
         patterns.append(_escape(topology.queue) + r"\.instance\..+")  # one per daemon (fanout="instance")
     if any(True for _ in ordered_events):  # the partition exchange and queues of ordered subscriptions

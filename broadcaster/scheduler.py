@@ -66,6 +66,12 @@ class Lanes(Generic[T]):
         for behind in self._waiting.values():
             behind.clear()
 
+    def drain(self) -> list[T]:
+        """Remove and return every item not started."""
+        items = [item for item, _ in self._ready] + [item for behind in self._waiting.values() for item in behind]
+        self.clear()
+        return items
+
     def __len__(self) -> int:
         return len(self._ready) + sum(len(behind) for behind in self._waiting.values())
 

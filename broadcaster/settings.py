@@ -192,6 +192,29 @@ class BroadcasterSettings(BaseModel):
         description="The broker's consumer_timeout in seconds (RabbitMQ's default is 30 minutes): a daemon "
         "logs a receiver still running after this long, since the broker then closes its channel.",
     )
+    kill_switch_ratio: float | None = Field(
+        None,
+        alias="KILL_SWITCH_RATIO",
+        gt=0,
+        le=1,
+        description="Share of failing events (a receiver raised) over KILL_SWITCH_WINDOW that pauses a "
+        "daemon for KILL_SWITCH_COOLDOWN, its messages left queued; None (the default) turns the kill switch off.",
+    )
+    kill_switch_window: float = Field(
+        60.0, alias="KILL_SWITCH_WINDOW", gt=0, description="Seconds of recent events the kill switch looks at."
+    )
+    kill_switch_min_events: int = Field(
+        20,
+        alias="KILL_SWITCH_MIN_EVENTS",
+        ge=1,
+        description="Events the window must hold before the kill switch may pause the daemon.",
+    )
+    kill_switch_cooldown: float = Field(
+        60.0,
+        alias="KILL_SWITCH_COOLDOWN",
+        gt=0,
+        description="Seconds a daemon the kill switch paused waits before it consumes again.",
+    )
     reconnect_max_delay: float = Field(
         30.0,
         alias="RECONNECT_MAX_DELAY",
@@ -431,6 +454,13 @@ class SettingProblem:
 _CHECK_IDS = {"SERVICE_NAME": "broadcaster.E002", "BROKER_URL": "broadcaster.E003"}
 # Nodes of a BROKER_URL list that disagree, by pydantic error type.
 _TYPE_IDS = {"broker_url_schemes": "broadcaster.E020", "broker_url_credentials": "broadcaster.E021"}
+# The kill switch's keys: one rule (a number in range), one id.
+_CHECK_IDS.update(
+    dict.fromkeys(
+        ("KILL_SWITCH_RATIO", "KILL_SWITCH_WINDOW", "KILL_SWITCH_MIN_EVENTS", "KILL_SWITCH_COOLDOWN"),
+        "broadcaster.E030",
+    )
+)
 _UNKNOWN_KEY_ID = "broadcaster.E004"
 _INVALID_VALUE_ID = "broadcaster.E005"
 _NOT_A_DICT_ID = "broadcaster.E001"

@@ -3,7 +3,8 @@
 `Receivers` is a pool of CONCURRENCY threads fed deliveries in arrival order; ordered
 events of one partition key run one at a time (`broadcaster.scheduler.Lanes`). Each
 finished delivery goes back to the connection's thread through the callback it was
-given. `Housekeeping` is the database upkeep a worker does between deliveries.
+given. `Handling` is what a worker does with one delivery (dispatch, retries in place,
+waiting for the events it caused), and `Housekeeping` the database upkeep between two.
 """
 
 from __future__ import annotations
@@ -18,13 +19,25 @@ from typing import Any
 import pika
 from django.db import close_old_connections, connections
 
-from broadcaster.dispatch import Outcome
+from broadcaster import failures, properties, publisher
+from broadcaster.dispatch import Action, Outcome, dispatch
+from broadcaster.exceptions import FlushTimeout
+from broadcaster.failures import Reason
 from broadcaster.registry import Subscription
 from broadcaster.scheduler import Lanes
 from broadcaster.settings import BroadcasterSettings
 from broadcaster.topology import Topology
 
-__all__ = ["Delivery", "Finished", "Housekeeping", "Receivers"]
+__all__ = [
+    "Delivery",
+    "Finished",
+    "Handling",
+    "Housekeeping",
+    "Receivers",
+    "describe_delivery",
+    "internal_error",
+    "lane_of",
+]
 
 logger = logging.getLogger("broadcaster.consumer")
 
@@ -92,6 +105,11 @@ class Receivers:
         with self._cond:
             self._lanes.clear()
 
+    def take_queued(self) -> list[Delivery]:
+        """Take back the deliveries not started, to hand them back to the broker."""
+        with self._cond:
+            return self._lanes.drain()
+
     def wait_idle(self, stop: threading.Event) -> None:
         """Wait until no delivery is being handled, or `stop` is set."""
         with self._cond:
@@ -143,6 +161,80 @@ class Receivers:
             return delivery
 
 
+class Handling:
+    """What a worker thread does with one delivery: `handling(delivery)` never raises."""
+
+    def __init__(
+        self, settings: BroadcasterSettings, subscriptions: Mapping[str, Subscription], stop: threading.Event
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = subscriptions
+        self._stop = stop
+        self._housekeeping = Housekeeping(settings, subscriptions)
+
+    def __call__(self, delivery: Delivery) -> Finished:
+        """Run the receivers of one delivery (retrying in place on a partition)."""
+        started = time.perf_counter()
+        self._housekeeping.before_delivery()
+        confirmed, attempt = True, delivery.attempt
+        try:
+            outcome = self._dispatch(delivery, attempt)
+            while self._retry_in_place(delivery, outcome, attempt):
+                delay = self.settings.retry_delays[attempt - 1]
+                logger.warning(
+                    "consume_signals: retrying %s in place in %g s", describe_delivery(outcome, delivery), delay
+                )
+                if self._stop.wait(delay):  # stopping: left unacked, it comes back in order
+                    return Finished(delivery, outcome, False, time.perf_counter() - started, attempt, True)
+                attempt += 1
+                outcome = self._dispatch(delivery, attempt)
+            if outcome.action is Action.ACK:
+                confirmed = self._flush_caused_events(outcome)
+        except Exception as exc:  # nothing a message carries may stop the daemon
+            logger.exception("consume_signals: unexpected error handling delivery %s", delivery.tag)
+            outcome = internal_error(exc)
+        return Finished(delivery, outcome, confirmed, time.perf_counter() - started, attempt)
+
+    def _retry_in_place(self, delivery: Delivery, outcome: Outcome, attempt: int) -> bool:
+        return (
+            outcome.action is Action.RETRY
+            and delivery.topology.in_place_retries
+            and attempt < self.settings.max_attempts
+            and not self._stop.is_set()
+        )
+
+    def _dispatch(self, delivery: Delivery, attempt: int) -> Outcome:
+        reason = properties.undecodable(delivery.properties)
+        if reason is not None:
+            return Outcome(
+                Action.DEAD_LETTER,
+                reason=Reason.UNDECODABLE,
+                detail=f"the message's properties cannot be decoded ({reason}); its headers are lost",
+            )
+        return dispatch(
+            delivery.properties,
+            delivery.body,
+            settings=self.settings,
+            subscriptions=self.subscriptions,
+            attempt=attempt,
+        )
+
+    def _flush_caused_events(self, outcome: Outcome) -> bool:
+        # Events the receivers fired must be safe at the broker before the message that
+        # caused them is acked, or a crash in between would lose them.
+        try:
+            publisher.flush(self.settings.publish_timeout)
+        except FlushTimeout as exc:
+            envelope = outcome.envelope
+            logger.error(
+                "events caused by %s were not confirmed (%s); requeueing it",
+                envelope and envelope.id,
+                exc,
+            )
+            return False
+        return True
+
+
 class Housekeeping:
     """Database upkeep between deliveries, on the receivers' thread."""
 
@@ -179,3 +271,28 @@ class Housekeeping:
         self._next_prune = now + _INBOX_PRUNE_EVERY
         if pruned:
             logger.info("consume_signals: pruned %d inbox row(s) older than INBOX_RETENTION", pruned)
+
+
+def internal_error(exc: BaseException) -> Outcome:
+    """The outcome of an exception nobody foresaw while handling a message: a dead letter."""
+    return Outcome(
+        Action.DEAD_LETTER,
+        reason=Reason.INTERNAL_ERROR,
+        detail=f"{type(exc).__qualname__}: {exc}"[: failures.ERROR_TEXT_LIMIT],
+        exception=f"{type(exc).__module__}.{type(exc).__qualname__}",
+    )
+
+
+def lane_of(props: pika.BasicProperties) -> str | None:
+    """The partition key an ordered event carries: events of one key run one at a time."""
+    key = (props.headers or {}).get("ce-partitionkey")
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "backslashreplace")
+    return key if isinstance(key, str) and key else None
+
+
+def describe_delivery(outcome: Outcome, delivery: Delivery) -> str:
+    """The event type and id of a delivery, for log lines."""
+    envelope, props = outcome.envelope, delivery.properties
+    event = envelope.type if envelope else props.type or "(unknown event)"
+    return f"{event} {envelope.id if envelope else props.message_id or '(no id)'}"

@@ -62,6 +62,8 @@ _CHECK_MEANINGS = {
     "broadcaster.E020": "`BROKER_URL` lists nodes of different schemes (`amqp://` and `amqps://`); names the entry.",
     "broadcaster.E021": "`BROKER_URL` lists a node with another user, password or vhost than the first; names the "
     "entry (never its password).",
+    "broadcaster.E030": "A kill switch setting (`KILL_SWITCH_RATIO`, `_WINDOW`, `_MIN_EVENTS`, `_COOLDOWN`) is out "
+    "of range; names the key.",
     "broadcaster.W020": "A warning: `BROKER_URL` lists several nodes and `QUEUE_TYPE` is `classic`, whose queues "
     "live on one node (see the cluster page).",
     "broadcaster.W002": "A model whose deletions are broadcast (`pre_delete`/`post_delete`) has a foreign key "

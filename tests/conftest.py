@@ -91,6 +91,8 @@ class Broker:
         for name in [*self.queues, topology.queue, topology.dead_letter_queue, *topology.retry_queues]:
             channel.queue_delete(name)
         channel.exchange_delete(topology.requeue_exchange)
+        channel.exchange_delete(f"{topology.queue}.control")  # the daemons' control exchange
+        channel.exchange_delete(f"{topology.queue}.paused")
         channel.exchange_delete(self.exchange)
         self.connection.close()
 

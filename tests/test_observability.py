@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +16,6 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 import broadcaster
-from broadcaster import observability
 from broadcaster.testing import InMemoryBroker
 from tests.conftest import Broker, wait_for
 
@@ -87,27 +84,6 @@ def test_dead_letters_are_counted_by_reason_with_bounded_labels(
     wait_for(lambda: sample("broadcaster_dead_lettered_total", reason="unknown-event") == before + 1, "the count")
     assert sample("broadcaster_consumed_total", event="(other)", outcome="dead-lettered") >= 1
     assert sample("broadcaster_consumed_total", event="random.type.x1", outcome="dead-lettered") == 0
-
-
-def test_metrics_and_health_endpoints(broker: Broker, daemon: Any, received: list[Any]) -> None:
-    consumer = daemon()
-    server = observability.serve(0, consumer.healthy, host="127.0.0.1")
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
-            assert response.status == 200
-        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        assert "broadcaster_publisher_buffer" in text or "broadcaster_consumed_total" in text
-        consumer.stop()
-        wait_for(lambda: not consumer.healthy(), "the daemon to stop")
-        with pytest.raises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(f"{base}/healthz", timeout=5)
-        caught.value.close()
-        assert caught.value.code == 503
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

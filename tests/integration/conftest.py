@@ -148,6 +148,8 @@ class Broker:
             channel.queue_delete(queue)
             channel.exchange_delete(f"{queue}.requeue")  # a service queue's own; a no-op for the others
             channel.exchange_delete(f"{queue}.partitions")  # likewise, with ordered subscriptions
+            channel.exchange_delete(f"{queue}.control")  # likewise: the daemons' control exchange
+            channel.exchange_delete(f"{queue}.paused")
         channel.exchange_delete(self.exchange)
         self.connection.close()
 

@@ -45,6 +45,8 @@ def remember(sender: object, envelope: Envelope, n: int, **fields: Any) -> None:
 def _misbehave(n: object) -> None:
     if settings.RECEIVER_SLEEP:
         time.sleep(settings.RECEIVER_SLEEP)
+    if settings.FAIL_WHILE and Path(settings.FAIL_WHILE).exists():
+        raise RuntimeError(f"event {n} fails while {settings.FAIL_WHILE} exists")  # a dependency is down
     if n is None or n != settings.KILL_AT:
         return
     marker = Path(settings.KILL_MARKER)

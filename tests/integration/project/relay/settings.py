@@ -37,6 +37,10 @@ _NUMBERS = {
     "PARTITIONS": int,
     "CONCURRENCY": int,
     "HEARTBEAT": int,
+    "KILL_SWITCH_RATIO": float,
+    "KILL_SWITCH_WINDOW": float,
+    "KILL_SWITCH_MIN_EVENTS": int,
+    "KILL_SWITCH_COOLDOWN": float,
 }
 for _key, _type in _NUMBERS.items():
     if _key in os.environ:

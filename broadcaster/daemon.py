@@ -1,7 +1,8 @@
-"""What the long-running commands (consume_signals, relay_outbox) share: signals and logging."""
+"""What the long-running commands (consume_signals, relay_outbox) share: signals, logging, memory."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -10,9 +11,21 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["log_to_stderr_unless_configured", "stop_on_signals", "toggle_on_sigusr1"]
+__all__ = ["freeze_startup_objects", "log_to_stderr_unless_configured", "stop_on_signals", "toggle_on_sigusr1"]
 
 logger = logging.getLogger("broadcaster.daemon")
+
+
+def freeze_startup_objects() -> None:
+    """Take what start-up made (Django, the project's models and schemas) out of the collector's walk.
+
+    Those objects live as long as the process. Left in the collector's oldest generation,
+    every full collection walks them all: tens of milliseconds in a small project, hundreds
+    in a large one, while the daemon handles nothing and events wait in its prefetch
+    window. Frozen, a full collection walks only what the daemon made since it started.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def stop_on_signals(name: str, stop: Callable[[], None], timeout: float) -> None:

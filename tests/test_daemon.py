@@ -64,3 +64,27 @@ def test_shutdown_timeout_ends_a_hung_stop() -> None:
     assert 0.4 < time.monotonic() - started < 5
     assert process.returncode == 1
     assert "SHUTDOWN_TIMEOUT" in err
+
+
+FREEZE = textwrap.dedent("""
+    import gc
+    import django
+    django.setup()
+    from broadcaster.daemon import freeze_startup_objects
+    from broadcaster import registry
+    before = len(gc.get_objects())
+    freeze_startup_objects()
+    walked = len(gc.get_objects())
+    print(before, walked, gc.get_freeze_count(), any(o is registry.__dict__ for o in gc.get_objects()))
+""")
+
+
+def test_a_full_collection_no_longer_walks_what_start_up_made() -> None:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    result = subprocess.run([sys.executable, "-c", FREEZE], env=env, capture_output=True, text=True, check=True)
+
+    before, walked, frozen, registry_walked = result.stdout.split()
+    assert int(before) > 10_000  # Django and the library loaded
+    assert int(frozen) > int(before) // 2  # now out of the collector's walk
+    assert int(walked) < int(before) // 100
+    assert registry_walked == "False"

@@ -13,7 +13,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcaster import control, probes
 from broadcaster.consumer import Consumer
-from broadcaster.daemon import log_to_stderr_unless_configured, stop_on_signals, toggle_on_sigusr1
+from broadcaster.daemon import (
+    freeze_startup_objects,
+    log_to_stderr_unless_configured,
+    stop_on_signals,
+    toggle_on_sigusr1,
+)
 from broadcaster.exceptions import BroadcasterError
 from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
@@ -68,6 +73,7 @@ class Command(BaseCommand):
             toggle_on_sigusr1(consumer.control.request_toggle)
             if options["metrics_port"] is not None:
                 probes.serve(options["metrics_port"], consumer.live, consumer.ready)
+            freeze_startup_objects()
             consumer.run()
         except BroadcasterError as exc:
             raise CommandError(f"consume_signals: {exc}") from exc

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
 from broadcaster import probes
-from broadcaster.daemon import log_to_stderr_unless_configured, stop_on_signals
+from broadcaster.daemon import freeze_startup_objects, log_to_stderr_unless_configured, stop_on_signals
 from broadcaster.exceptions import BroadcasterError
 from broadcaster.outbox import Relay
 from broadcaster.settings import get_settings
@@ -48,6 +48,7 @@ class Command(BaseCommand):
                 live, ready = relay_probes(relay, stop)
                 probes.serve(options["metrics_port"], live, ready)
             logger.info("relay_outbox: started database=%s broker=%s", relay.using, settings.redacted_broker_url)
+            freeze_startup_objects()
             relay.run(stop)
             logger.info("relay_outbox: stopped after publishing %d event(s)", relay.published)
         except BroadcasterError as exc:

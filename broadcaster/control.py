@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -72,6 +73,9 @@ class Control:
         self._toggle = False
         self._held_remotely = False
         self._was_paused: bool | None = None
+        # Its exclusive queue's name: per daemon, whatever INSTANCE_ID says, and unique even
+        # for two consumers in one process (tests do that); host and pid say whose it is.
+        self._name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
     @property
     def consuming(self) -> bool:
@@ -85,8 +89,7 @@ class Control:
             self._commands.append(PAUSE)
         elif self._held_remotely:
             self._commands.append(RESUME)  # resumed while this daemon was away
-        # Per process, whatever INSTANCE_ID says: two daemons must never share an exclusive queue.
-        queue = f"{control_exchange(self._settings)}.{socket.gethostname()}-{os.getpid()}"
+        queue = f"{control_exchange(self._settings)}.{self._name}"
         channel.exchange_declare(control_exchange(self._settings), exchange_type="fanout", durable=True)
         channel.queue_declare(queue, exclusive=True, auto_delete=True)
         channel.queue_bind(queue, control_exchange(self._settings))

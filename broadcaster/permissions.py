@@ -57,7 +57,7 @@ def topology_lines(
         f"queue {topology.dead_letter_queue} (dead letters, with the reason in headers)",
         f"exchange {topology.requeue_exchange} (direct; retries, dead letters and replays, to the queue named)",
         f"exchange {topology.queue}.control (fanout; --pause/--resume to every daemon, each on a queue "
-        f"{topology.queue}.control.<host>-<pid>)",
+        f"{topology.queue}.control.<host>-<pid>-<id>)",
         f"exchange {topology.queue}.paused (exists while the daemons are paused by --pause)",
     ]
     if per_instance := sorted(set(instance_events)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from typing import Any
 
@@ -85,9 +86,13 @@ def command(gate_channel: Channel, body: dict[str, Any], user: str | None = "gue
     gate_channel.on_command(gate_channel, None, props, json.dumps(body).encode())
 
 
-def test_attach_listens_on_an_exclusive_queue_of_the_process_and_consumes() -> None:
+def test_attach_listens_on_an_exclusive_queue_of_its_own_and_consumes() -> None:
     gate, channel, daemon = attached()
-    queue = f"orders.control.{socket.gethostname()}-{os.getpid()}"
+    _, other_channel, _ = attached()  # a second consumer in the same process
+    [queue] = [args[0] for call, args in channel.calls if call == "queue_declare"]
+    [other_queue] = [args[0] for call, args in other_channel.calls if call == "queue_declare"]
+    assert re.fullmatch(rf"orders\.control\.{re.escape(socket.gethostname())}-{os.getpid()}-[0-9a-f]{{6}}", queue)
+    assert other_queue != queue
     assert ("queue_declare", (queue, {"exclusive": True, "auto_delete": True})) in channel.calls
     assert ("queue_bind", (queue, "orders.control")) in channel.calls
     assert gate.consuming

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pika
@@ -37,19 +37,17 @@ from broadcaster.connection import describe
 from broadcaster.control import Control
 from broadcaster.dispatch import Action, Outcome
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
+from broadcaster.executor import Executor
 from broadcaster.killswitch import KillSwitch, Limits
 from broadcaster.registry import Subscription
-from broadcaster.scheduler import AckWindow
 from broadcaster.settings import BroadcasterSettings
-from broadcaster.settlement import Settlement, Verdict, settle
-from broadcaster.topology import Partitions, Topology
-from broadcaster.workers import Delivery, Finished, Handling, Receivers, describe_delivery, lane_of
+from broadcaster.topology import ServiceQueues, Topology
+from broadcaster.workers import Delivery, Finished, Handling, Receivers, lane_of
 
 __all__ = ["Consumer"]
 
 logger = logging.getLogger(__name__)
 
-_FAILURE_RESERVE = 4096  # bytes of failure headers a copy adds (the error text is at most 1,000 characters)
 _POLL = 1  # seconds the connection's thread waits for I/O when nothing happens
 _CONNECT_TIME = 60  # seconds a connection attempt to every node may take before the loop counts as stuck
 _CONNECTION_ERRORS = (
@@ -76,34 +74,19 @@ class Consumer:
     ) -> None:
         self.settings = settings
         self.subscriptions = dict(subscriptions)
-        self.topology = Topology.for_settings(settings)
-        subs = self.subscriptions.items()
-        instance_events = [e for e, sub in subs if sub.fanout == "instance"]
-        self._ordered_events = [e for e, sub in subs if sub.ordered]
-        self.instance_topology = Topology.for_instance(settings) if instance_events else None
-        self.partitions = Partitions.for_settings(settings) if self._ordered_events else None
-        self._bindings = [
-            (self.topology, [e for e, sub in subs if sub.fanout == "service" and not sub.ordered]),
-            *([(self.instance_topology, instance_events)] if self.instance_topology else []),
-        ]
-        self._queues = [topology for topology, _ in self._bindings] + (
-            self.partitions.queues if self.partitions else []
-        )
+        self.queues = ServiceQueues.for_subscriptions(settings, self.subscriptions)
+        self.topology, self.instance_topology = self.queues.service, self.queues.instance
         self.concurrency = concurrency or settings.concurrency
         # Enough messages in hand to keep every worker busy while the last ones are acked.
         self.prefetch = prefetch or max(settings.prefetch, 2 * self.concurrency)
         self.max_messages = max_messages
         self.counts: Counter[str] = Counter()
-        self.connections_opened = 0
         self._stop = threading.Event()
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: Any = None
-        self._nodes = connection.Nodes(settings, "consumer")
-        self._frame_max = self._nodes.all[0].params.frame_max
+        self._link = _Link(settings, self.prefetch)
+        self._executor = Executor(settings, self._link.frame_max)
         self._submitted = 0
         self._finished: deque[Finished] = deque()
         self._wake_pending = False
-        self._acks = AckWindow()
         self._handle = Handling(settings, self.subscriptions, self._stop)
         self._receivers = Receivers(self._handle, self._on_finished, self.concurrency)
         self.control = Control(
@@ -111,6 +94,15 @@ class Consumer:
         )
         self._running = False
         self._turned = time.monotonic()  # the last turn of the connection's loop, for /healthz
+
+    @property
+    def connections_opened(self) -> int:
+        return self._link.opened
+
+    @property
+    def connected(self) -> bool:
+        """Connected to a node (consuming, unless paused)."""
+        return self._link.is_open
 
     @property
     def handled(self) -> int:
@@ -131,7 +123,7 @@ class Consumer:
         self._receivers.start()
         self._running = True
         try:
-            self._connect_first()
+            self._link.open_first(self._attach)
             self._log_start()
             self._consume()
             self._finish_in_hand()
@@ -145,8 +137,8 @@ class Consumer:
         logger.info(
             "consume_signals: started service=%s queue=%s events=%s broker=%s prefetch=%d concurrency=%d pid=%d",
             self.settings.service_name,
-            ",".join(topology.queue for topology, _ in self._bindings)
-            + (f" (+{self.partitions.count} partitions)" if self.partitions else ""),
+            ",".join(topology.queue for topology in (self.topology, self.instance_topology) if topology)
+            + (f" (+{self.queues.partitions.count} partitions)" if self.queues.partitions else ""),
             ",".join(sorted(self.subscriptions)) or "-",
             self.settings.redacted_broker_url,
             self.prefetch,
@@ -158,21 +150,21 @@ class Consumer:
         while not self._stop.is_set():
             self._turned = time.monotonic()
             try:
-                if self._connection is None:
+                if self._link.connection is None:
                     # A receiver still running holds a delivery of the lost channel; let it
                     # finish before its redelivery can arrive, so it does not run twice at once.
                     self._receivers.wait_idle(self._stop)
-                    node = self._connect()
+                    node = self._link.open(self._attach)
                     logger.info("consume_signals: reconnected to %s", node.label)
-                assert self._connection is not None  # connected just above
-                self._connection.process_data_events(time_limit=_POLL)
+                assert self._link.connection is not None  # connected just above
+                self._link.connection.process_data_events(time_limit=_POLL)
                 self._settle_finished()
                 self.control.apply()
                 self._receivers.report_long_running(self.settings.consumer_timeout)
             except (*_CONNECTION_ERRORS, *_COPY_REFUSED, BrokerUnavailable) as exc:
                 self._drop_connection()
                 # The next node at once; the back-off only once every node failed in turn.
-                delay = self._nodes.failed()
+                delay = self._link.nodes.failed()
                 logger.warning("consume_signals: connection lost (%s); retrying in %.1f s", describe(exc), delay)
                 self._stop.wait(delay)
 
@@ -180,9 +172,9 @@ class Consumer:
         # The delivery whose receivers are running is finished and acked; deliveries not
         # started stay unacked and go back to the queue when the channel closes.
         self._receivers.discard_queued()
-        while self._receivers.busy and self._connection is not None:
+        while self._receivers.busy and self._link.connection is not None:
             try:
-                self._connection.process_data_events(time_limit=0.1)  # type: ignore[arg-type]  # the stubs say int; pika takes a float
+                self._link.connection.process_data_events(time_limit=0.1)  # type: ignore[arg-type]  # the stubs say int; pika takes a float
             except (*_CONNECTION_ERRORS, BrokerUnavailable):
                 self._drop_connection()
         try:
@@ -193,61 +185,25 @@ class Consumer:
     def _summary(self) -> str:
         return ", ".join(f"{name} {count}" for name, count in sorted(self.counts.items())) or "none"
 
-    def _connect_first(self) -> None:
-        # Every node once; a daemon none of them answers stops at once (see run()).
-        for tried in range(1, len(self._nodes.all) + 1):
-            try:
-                self._connect()
-                return
-            except BrokerUnavailable as exc:
-                if tried == len(self._nodes.all):
-                    raise
-                logger.warning("consume_signals: %s; trying the next node", exc)
-                self._nodes.failed()
-
-    def _connect(self) -> connection.Node:
-        """Connect to the next node of BROKER_URL, declare the topology and consume; return the node."""
-        node = self._nodes.next()
-        try:
-            conn = pika.BlockingConnection(node.params)
-        except _CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot connect to the broker at {node.label}: {describe(exc)}") from exc
-        try:
-            channel = conn.channel()
-            channel.confirm_delivery()
-            channel.basic_qos(prefetch_count=self.prefetch)
-            self._declare(channel)
-            self._connection, self._channel, self._acks = conn, channel, AckWindow()
-            self.control.attach(conn, channel)  # consumes, unless the daemon is paused
-        except Exception:
-            self._connection = self._channel = None
-            connection.close_quietly(conn)
-            raise
-        self.connections_opened += 1
-        self._nodes.connected(node)
-        return node
-
-    def _declare(self, channel: Any) -> None:
-        for topology, events in self._bindings:
-            topology.declare(channel, events)
-        if self.partitions is not None:
-            self.partitions.declare(channel, self._ordered_events)
-            for event in self._ordered_events:
-                # An event that became ordered must stop reaching the service queue too.
-                channel.queue_unbind(self.topology.queue, self.topology.exchange, routing_key=event)
+    def _attach(self, conn: pika.BlockingConnection, channel: Any) -> None:
+        """On a new channel: declare the topology, then consume (unless paused)."""
+        self.queues.declare(channel)
+        self._executor.attach(channel)
+        self.control.attach(conn, channel)
 
     def _consume_queues(self, channel: Any) -> list[str]:
         return [
             channel.basic_consume(topology.queue, functools.partial(self._on_message, topology))
-            for topology in self._queues
+            for topology in self.queues.consumed
         ]
 
     def _return_queued(self) -> None:
         # Paused: what arrived but did not start goes back to the queue (running ones finish).
-        tags = [delivery.tag for delivery in self._receivers.take_queued() if delivery.channel is self._channel]
+        channel = self._link.channel
+        tags = [delivery.tag for delivery in self._receivers.take_queued() if delivery.channel is channel]
         for tag in tags:
-            self._channel.basic_nack(tag, requeue=True)
-        self._send_acks(tags, frozenset(tags))
+            channel.basic_nack(tag, requeue=True)
+        self._executor.ack(tags, frozenset(tags))
         self._submitted -= len(tags)
 
     # -- the connection's thread ---------------------------------------------------
@@ -261,52 +217,24 @@ class Consumer:
         lane = lane_of(props) if topology.in_place_retries else None
         attempt = failures.attempt(props, body, self.settings)  # believed only on our own sealed copies
         delivery = Delivery(topology, channel, method.delivery_tag, method.routing_key, props, body, attempt, lane)
-        self._acks.delivered(method.delivery_tag)
+        self._executor.delivered(method.delivery_tag)
         self._receivers.submit(delivery)
 
     def _settle_finished(self) -> None:
         """Carry out the verdicts on every delivery whose receivers finished, and ack them."""
         self._wake_pending = False
-        settled: list[int] = []
-        requeued: set[int] = set()
-        while self._finished:
-            finished = self._finished.popleft()
-            delivery = finished.delivery
-            if finished.abandoned or delivery.channel is not self._channel or not delivery.channel.is_open:
-                continue  # left unacked, or its channel is gone: the broker delivers it again
+        batch = [self._finished.popleft() for _ in range(len(self._finished))]  # workers append meanwhile
+        for finished, verdict in self._executor.settle(batch):
             outcome = finished.outcome
-            settlement = settle(outcome, finished.attempt, delivery.topology, caused_confirmed=finished.confirmed)
-            self._carry_out(delivery, finished, settlement)
-            settled.append(delivery.tag)
-            if settlement.verdict is Verdict.REQUEUED:
-                requeued.add(delivery.tag)
-            verdict = settlement.verdict.value
             if outcome.action is not Action.DEAD_LETTER:  # bad input says nothing of the receivers' health
                 self.control.record(outcome.action is Action.RETRY)
-            self.counts[verdict] += 1
+            self.counts[verdict.value] += 1
             label = self._event_label(outcome)
-            observability.handled(outcome.envelope, label, verdict, outcome.reason, finished.seconds)
-        if settled:
-            self._send_acks(settled, frozenset(requeued))
+            observability.handled(outcome.envelope, label, verdict.value, outcome.reason, finished.seconds)
         if self.control.switch.paused and self.control.consuming:
             self.control.apply()  # tripped just now: stop taking more at once
         if self.max_messages is not None and self.handled >= self.max_messages:
             self.stop()
-
-    def _send_acks(self, settled: list[int], already: frozenset[int]) -> None:
-        acks = self._acks.settle(settled, already=already)
-        if acks.up_to is not None:  # usually one frame for every message of the round
-            self._channel.basic_ack(acks.up_to, multiple=True)
-        for tag in acks.single:  # finished ahead of a slower one: its prefetch slot frees now
-            self._channel.basic_ack(tag)
-
-    def _carry_out(self, delivery: Delivery, finished: Finished, settlement: Settlement) -> None:
-        if settlement.verdict is Verdict.REQUEUED:
-            delivery.channel.basic_nack(delivery.tag, requeue=True)
-        elif settlement.queue is not None:
-            self._republish(delivery.channel, delivery, finished, settlement.queue)
-            if settlement.verdict is Verdict.DEAD_LETTERED:
-                _log_dead_letter(finished.outcome, delivery, finished.attempt)
 
     def _event_label(self, outcome: Outcome) -> str:
         # Only subscribed types become labels: hostile input must not mint new series.
@@ -315,8 +243,7 @@ class Consumer:
 
     def healthy(self) -> bool:
         """Connected and not stopping."""
-        conn = self._connection
-        return conn is not None and conn.is_open and not self._stop.is_set()
+        return self._link.is_open and not self._stop.is_set()
 
     def live(self) -> tuple[bool, dict[str, Any]]:
         """/healthz: running, and its loop turned lately (reconnecting waits at most RECONNECT_MAX_DELAY)."""
@@ -330,41 +257,16 @@ class Consumer:
         status = self.control.status()
         return self.healthy() and status["consuming"], {"connected": self.healthy(), **status}
 
-    def _republish(self, channel: Any, delivery: Delivery, finished: Finished, queue: str) -> None:
-        # A sealed copy under our own broker user: the next delivery believes its attempt
-        # count and its original publisher (broadcaster.failures), and nothing else does.
-        outcome = finished.outcome
-        # Headers pika cannot encode again, or that the failure headers would push past the
-        # frame size, would make the broker close the connection and the message come back
-        # first: the copy carries what fits, and says (sealed) what it left out.
-        source, notes = properties.encodable_source(delivery.properties, self._frame_max, reserve=_FAILURE_RESERVE)
-        props = failures.failure_properties(
-            source,
-            delivery.body,
-            self.settings,
-            attempt=finished.attempt,
-            reason=outcome.reason,
-            error=outcome.detail,
-            exception=outcome.exception,
-            queue=delivery.topology.queue,
-            routing_key=delivery.routing_key,
-            notes=notes,
-        )
-        props = properties.encodable(props, self._frame_max)  # the last resort; never needed so far
-        channel.basic_publish(delivery.topology.requeue_exchange, queue, delivery.body, props, mandatory=True)
-
     def _drop_connection(self) -> None:
         # Unsent acks die with the channel: the broker redelivers those messages.
         self._receivers.discard_queued()
         self.control.detach()
-        conn, self._connection, self._channel = self._connection, None, None
-        if conn is not None:
-            connection.close_quietly(conn)
+        self._link.close()
 
     def _close(self) -> None:
-        if self._connection is not None:
+        if self._link.connection is not None:
             try:
-                if self._channel is not None and self._channel.is_open:
+                if self._link.channel is not None and self._link.channel.is_open:
                     self.control.cancel()
             except _CONNECTION_ERRORS:
                 pass
@@ -378,7 +280,7 @@ class Consumer:
         # On the receivers' thread: hand the result to the connection's thread and wake it,
         # once per batch of results, so the ack goes out now rather than at the next poll.
         self._finished.append(finished)
-        conn = self._connection
+        conn = self._link.connection
         if self._wake_pending or conn is None:
             return
         self._wake_pending = True
@@ -388,6 +290,58 @@ class Consumer:
             self._wake_pending = False
 
 
-def _log_dead_letter(outcome: Outcome, delivery: Delivery, attempt: int) -> None:
-    name, detail = describe_delivery(outcome, delivery), outcome.detail[:200]
-    logger.error("dead-lettered %s after %d attempt(s): %s: %s", name, attempt, outcome.reason, detail)
+class _Link:
+    """The daemon's connection and channel, to one node of BROKER_URL at a time."""
+
+    def __init__(self, settings: BroadcasterSettings, prefetch: int) -> None:
+        self.nodes = connection.Nodes(settings, "consumer")
+        self.prefetch = prefetch
+        self.connection: pika.BlockingConnection | None = None
+        self.channel: Any = None
+        self.opened = 0
+
+    @property
+    def frame_max(self) -> int:
+        return int(self.nodes.all[0].params.frame_max)
+
+    @property
+    def is_open(self) -> bool:
+        conn = self.connection
+        return conn is not None and bool(conn.is_open)
+
+    def open_first(self, attach: Callable[[pika.BlockingConnection, Any], None]) -> None:
+        """Every node once; a daemon none of them answers stops at once (see Consumer.run())."""
+        for tried in range(1, len(self.nodes.all) + 1):
+            try:
+                self.open(attach)
+                return
+            except BrokerUnavailable as exc:
+                if tried == len(self.nodes.all):
+                    raise
+                logger.warning("consume_signals: %s; trying the next node", exc)
+                self.nodes.failed()
+
+    def open(self, attach: Callable[[pika.BlockingConnection, Any], None]) -> connection.Node:
+        """Connect to the next node, open a channel with confirms and the prefetch, `attach`; return the node."""
+        node = self.nodes.next()
+        try:
+            conn = pika.BlockingConnection(node.params)
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot connect to the broker at {node.label}: {describe(exc)}") from exc
+        try:
+            channel = conn.channel()
+            channel.confirm_delivery()
+            channel.basic_qos(prefetch_count=self.prefetch)
+            attach(conn, channel)
+        except Exception:
+            connection.close_quietly(conn)
+            raise
+        self.opened += 1
+        self.nodes.connected(node)
+        self.connection, self.channel = conn, channel  # last: `connected` means all of the above
+        return node
+
+    def close(self) -> None:
+        conn, self.connection, self.channel = self.connection, None, None
+        if conn is not None:
+            connection.close_quietly(conn)

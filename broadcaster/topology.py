@@ -27,7 +27,7 @@ from broadcaster.settings import BroadcasterSettings
 if TYPE_CHECKING:
     from broadcaster.registry import Subscription
 
-__all__ = ["Binding", "Partitions", "Plan", "Topology", "declare_service", "plan"]
+__all__ = ["Binding", "Partitions", "Plan", "ServiceQueues", "Topology", "declare_service", "plan"]
 
 _QUORUM_DELIVERY_LIMIT = 50
 _KEY_HEADER = "ce-partitionkey"
@@ -237,6 +237,55 @@ class Partitions:
             channel.queue_bind(queue.queue, self.exchange, routing_key="1")  # equal weights
 
 
+@dataclass(frozen=True)
+class ServiceQueues:
+    """What one daemon of a service consumes, by kind of subscription, and how it is declared.
+
+    Service-fanout events go to the service queue, instance-fanout ones to the daemon's
+    own instance queue, ordered ones to the partition queues.
+    """
+
+    service: Topology
+    shared: tuple[str, ...]
+    instance: Topology | None
+    instance_events: tuple[str, ...]
+    partitions: Partitions | None
+    ordered: tuple[str, ...]
+
+    @classmethod
+    def for_subscriptions(cls, settings: BroadcasterSettings, subscribed: Mapping[str, Subscription]) -> ServiceQueues:
+        instance = tuple(event for event, sub in subscribed.items() if sub.fanout == "instance")
+        ordered = tuple(event for event, sub in subscribed.items() if sub.ordered)
+        shared = tuple(event for event, sub in subscribed.items() if sub.fanout == "service" and not sub.ordered)
+        return cls(
+            Topology.for_settings(settings),
+            shared,
+            Topology.for_instance(settings) if instance else None,
+            instance,
+            Partitions.for_settings(settings) if ordered else None,
+            ordered,
+        )
+
+    @property
+    def consumed(self) -> list[Topology]:
+        """Every queue the daemon consumes: the service queue, its instance queue, the partitions."""
+        own = [self.instance] if self.instance is not None else []
+        return [self.service, *own, *(self.partitions.queues if self.partitions else [])]
+
+    def declare(self, channel: Any, *, instance: bool = True) -> None:
+        """Declare the queues, their delay and dead-letter queues and the bindings, on `channel`.
+
+        `instance=False` leaves out the instance queue, which is a daemon's own.
+        """
+        self.service.declare(channel, self.shared)
+        if instance and self.instance is not None:
+            self.instance.declare(channel, self.instance_events)
+        if self.partitions is not None:
+            self.partitions.declare(channel, self.ordered)
+            for event in self.ordered:  # an event that became ordered must stop reaching the service queue
+                channel.queue_unbind(self.service.queue, self.service.exchange, routing_key=event)
+
+
 def declare_service(channel: Any, settings: BroadcasterSettings, subscribed: Mapping[str, Subscription]) -> None:
     """Declare what every daemon of the service shares, as a daemon does at start, on `channel`.
 
@@ -244,17 +293,10 @@ def declare_service(channel: Any, settings: BroadcasterSettings, subscribed: Map
     to the events of `subscribed`; the partitions of ordered ones. Instance queues are a
     daemon's own and are left to it. Idempotent: for ``broadcaster_topology --apply``.
     """
-    ordered = [event for event, sub in subscribed.items() if sub.ordered]
-    shared = [event for event, sub in subscribed.items() if sub.fanout == "service" and not sub.ordered]
-    topology = Topology.for_settings(settings)
     if not subscribed:  # a producer only: no queue (its broker user may declare none)
-        topology.declare_exchange(channel)
+        Topology.for_settings(settings).declare_exchange(channel)
         return
-    topology.declare(channel, shared)
-    if ordered:
-        Partitions.for_settings(settings).declare(channel, ordered)
-        for event in ordered:  # as the daemon does: an event that became ordered leaves the service queue
-            channel.queue_unbind(topology.queue, topology.exchange, routing_key=event)
+    ServiceQueues.for_subscriptions(settings, subscribed).declare(channel, instance=False)
 
 
 @dataclass(frozen=True, order=True)

@@ -96,7 +96,7 @@ class RabbitKit:
         self.consumer = Consumer(get_settings(), subscriptions())
         self.thread = threading.Thread(target=self.consumer.run, daemon=True)
         self.thread.start()
-        wait_for(lambda: self.consumer is not None and self.consumer._connection is not None, "the daemon")
+        wait_for(lambda: self.consumer is not None and self.consumer.connected, "the daemon")
         # Taps once the daemon declared EXCHANGE (with its alternate exchange, if any).
         # What this service publishes: a queue bound to exactly those events, so that
         # what no queue of the service takes is still returned to its publisher.

@@ -133,7 +133,7 @@ def daemon(broker: Broker, settings: Any) -> Iterator[Callable[..., Consumer]]:
         thread = threading.Thread(target=consumer.run, daemon=True)
         thread.start()
         started.append((consumer, thread))
-        wait_for(lambda: consumer._connection is not None, "the consumer to connect")
+        wait_for(lambda: consumer.connected, "the consumer to connect")
         return consumer
 
     yield start

@@ -155,6 +155,6 @@ def test_the_daemon_starts_on_the_next_node_when_the_first_is_down(
     settings.BROADCASTER = {**settings.BROADCASTER, "BROKER_URL": [dead, BROKER_URL]}
     caplog.set_level(logging.INFO, "broadcaster")
     consumer = daemon()
-    assert consumer._nodes.current is consumer._nodes.all[1]
+    assert consumer._link.nodes.current is consumer._link.nodes.all[1]
     assert "trying the next node" in caplog.text
     assert "consumer connected to amqp://guest:***@127.0.0.1:5672/%2F" in caplog.text

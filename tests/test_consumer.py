@@ -140,7 +140,7 @@ def test_stop_finishes_the_message_in_hand(broker: Broker, daemon: Any, wired: l
     holder.append(daemon())
     send_shipped(5)
     wait_for(finished.is_set, "the receiver")
-    wait_for(lambda: holder[0]._connection is None, "the daemon to close")
+    wait_for(lambda: not holder[0].connected, "the daemon to close")
     assert holder[0].counts["acked"] == 1
     assert broker.count(holder[0].topology.queue) == 0
 
@@ -203,7 +203,7 @@ def test_instance_fanout_reaches_every_daemon_while_service_events_reach_one(
         consumers.append(consumer)
         threads.append(threading.Thread(target=consumer.run, daemon=True))
         threads[-1].start()
-        wait_for(lambda c=consumer: c._connection is not None, "a daemon to connect")
+        wait_for(lambda c=consumer: c.connected, "a daemon to connect")
     try:
         flushed.send(sender=None, key="prices")
         send_shipped(10)
@@ -280,7 +280,7 @@ def test_receivers_slower_than_the_heartbeat_run_once_on_one_connection(
 
     local.connect(slow, weak=False)
     consumer = daemon()
-    first_connection = consumer._connection
+    first_connection = consumer._link.connection
     for order_id in durations:  # all queued at once: the daemon holds them as one round
         broker.publish(
             "warehouse.shipped",
@@ -299,7 +299,7 @@ def test_receivers_slower_than_the_heartbeat_run_once_on_one_connection(
     time.sleep(2.5)  # a redelivery after a dropped connection would show up here
     assert sorted(runs) == sorted(durations), "each message's receivers ran exactly once"
     assert consumer.connections_opened == 1
-    assert consumer._connection is first_connection
+    assert consumer._link.connection is first_connection
     assert consumer.counts == {"acked": len(durations)}
     assert broker.count(consumer.topology.queue) == 0
     opened = consumer.connections_opened

@@ -145,7 +145,7 @@ def _run(consumer: Consumer, raw: bytes, body: bytes, attempt: int = 1) -> tuple
     if outcome.action is not Action.ACK:
         assert outcome.reason, outcome
     settlement = settle(outcome, attempt, consumer.topology, caused_confirmed=finished.confirmed)
-    consumer._carry_out(delivery, finished, settlement)
+    consumer._executor.carry_out(finished, settlement)
     for queue, copied_body, props in channel.published:
         assert queue == settlement.queue
         assert copied_body == body  # the original body, always
@@ -205,7 +205,7 @@ def test_header_values_pika_cannot_encode_are_copied_as_text_and_named(consumer:
     delivery = Delivery(consumer.topology, channel, 7, EVENT, props, b'{"amount": "x"}', 1)
     finished = consumer._handle(delivery)
     settlement = settle(finished.outcome, 1, consumer.topology)
-    consumer._carry_out(delivery, finished, settlement)
+    consumer._executor.carry_out(finished, settlement)
     [(_, _, copy)] = channel.published
     b"".join(copy.encode())  # pika encodes it
     assert settlement.verdict is Verdict.DEAD_LETTERED

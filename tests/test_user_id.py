@@ -15,7 +15,10 @@ from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.envelope import Envelope, properties_for
 from broadcaster.registry import subscriptions
 from broadcaster.settings import BroadcasterSettings
+from broadcaster.settlement import Settlement, Verdict
 from broadcaster.workers import Delivery, Finished
+
+RETRY = Settlement(Verdict.RETRIED, "billing.delay.1000ms")  # the receiver raised: to the first delay queue
 
 
 class Ping(BaseModel):
@@ -46,7 +49,7 @@ def test_a_retried_event_still_passes_require_user_id() -> None:
     channel, consumer = _Channel(), Consumer(config, subscriptions())
     delivery = Delivery(consumer.topology, channel, 1, "orders.ping", props, b'{"n": 1}', 1)
     failed = Outcome(Action.RETRY, first.envelope, "receiver-error", "boom", "RuntimeError")
-    consumer._republish(channel, delivery, Finished(delivery, failed, True, 0.0, 1), "billing.delay.1000ms")
+    consumer._executor.carry_out(Finished(delivery, failed, True, 0.0, 1), RETRY)
     [(_, body, retried)] = channel.published
 
     second = dispatch(retried, body, settings=config, subscriptions=subscriptions(), attempt=2)
@@ -65,7 +68,7 @@ def _fail(consumer: Consumer, props: pika.BasicProperties, body: bytes, attempt:
     channel = _Channel()
     delivery = Delivery(consumer.topology, channel, 1, "orders.ping", props, body, attempt)
     failed = Outcome(Action.RETRY, None, "receiver-error", "boom", "builtins.RuntimeError")
-    consumer._republish(channel, delivery, Finished(delivery, failed, True, 0.0, attempt), "billing.delay.1000ms")
+    consumer._executor.carry_out(Finished(delivery, failed, True, 0.0, attempt), RETRY)
     [(_, _, retried)] = channel.published
     return _wire(retried)
 

@@ -36,10 +36,11 @@ import pika
 import pika.exceptions
 
 from broadcaster import connection, failures, jsondepth, properties
+from broadcaster.brokerurl import scrub
 from broadcaster.envelope import STRUCTURED_JSON
 from broadcaster.exceptions import BroadcasterError, BrokerUnavailable, PublishError, QueueNotFound
 from broadcaster.failures import replay_properties
-from broadcaster.settings import BroadcasterSettings, scrub
+from broadcaster.settings import BroadcasterSettings
 
 __all__ = [
     "Content",

@@ -35,6 +35,7 @@ import pika.exceptions
 from broadcaster import connection, failures, observability, properties, publisher
 from broadcaster.connection import describe
 from broadcaster.dispatch import Action, Outcome, dispatch
+from broadcaster.exceptions import CONNECTION_LOST as _CONNECTION_ERRORS
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
 from broadcaster.failures import Reason
 from broadcaster.registry import Subscription
@@ -50,11 +51,6 @@ logger = logging.getLogger(__name__)
 
 _FAILURE_RESERVE = 4096  # bytes of failure headers a copy adds (the error text is at most 1,000 characters)
 _POLL = 1  # seconds the connection's thread waits for I/O when nothing happens
-_CONNECTION_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.AMQPChannelError,
-    OSError,
-)
 # The broker refused a retry or dead-letter copy (a queue deleted under us): reconnecting
 # declares the topology again, and the message, still unacked, comes back.
 _COPY_REFUSED = (pika.exceptions.UnroutableError, pika.exceptions.NackError)

@@ -38,7 +38,14 @@ import pika.exceptions
 from broadcaster import connection, failures, jsondepth, properties
 from broadcaster.brokerurl import scrub
 from broadcaster.envelope import STRUCTURED_JSON
-from broadcaster.exceptions import BroadcasterError, BrokerUnavailable, PublishError, QueueNotFound
+from broadcaster.exceptions import (
+    CONNECTION_LOST,
+    BrokerRefused,
+    BrokerUnavailable,
+    PublishError,
+    QueueNotFound,
+    Unroutable,
+)
 from broadcaster.failures import replay_properties
 from broadcaster.settings import BroadcasterSettings
 
@@ -61,7 +68,6 @@ __all__ = [
 PROGRESS_EVERY = 1000
 SETTLE_TIMEOUT = 5.0
 _NOT_FOUND = 404
-_CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +179,7 @@ def connect(settings: BroadcasterSettings) -> Iterator[Any]:
     properties.install_tolerant_decoder()  # a dead letter pika cannot decode must not end the walk
     try:
         conn = connection.connect_blocking(connection.Nodes(settings, "dead-letters"))
-    except _CONNECTION_ERRORS as exc:
+    except CONNECTION_LOST as exc:
         raise BrokerUnavailable(_unreachable(settings, "cannot connect to", exc)) from exc
     try:
         channel = conn.channel()
@@ -181,7 +187,7 @@ def connect(settings: BroadcasterSettings) -> Iterator[Any]:
         yield channel
     except pika.exceptions.ChannelClosedByBroker as exc:
         raise _channel_error(settings, exc) from exc
-    except _CONNECTION_ERRORS as exc:
+    except CONNECTION_LOST as exc:
         raise BrokerUnavailable(_unreachable(settings, "lost the connection to", exc)) from exc
     finally:
         connection.close_quietly(conn)
@@ -256,8 +262,9 @@ def replay(
     original publisher it carries and REQUIRE_USER_ID still holds.
     `ordered` maps the events of ordered subscriptions to their partition exchange: such
     a copy goes back through it, to the partition of its key, not to the service queue.
-    `channel` must be in confirm mode (connect() makes it so). Raises PublishError, after
-    handing back every dead letter not yet replayed, if the broker refuses a copy.
+    `channel` must be in confirm mode (connect() makes it so). Raises Unroutable if no queue
+    takes a copy, PublishError if the broker nacks one: either after handing back every
+    dead letter not yet replayed.
     """
     count(channel, target)  # fail before touching anything if the service queue is missing
     partitioned = ordered or {}
@@ -306,7 +313,7 @@ def replay_unrouted(
     def send(properties: pika.BasicProperties, body: bytes) -> None:
         event = _event_type(properties)
         if not isinstance(event, str) or not event:
-            raise PublishError(f"a message in {queue!r} has no event type (ce-type) to route it by; it stays there")
+            raise Unroutable(f"a message in {queue!r} has no event type (ce-type) to route it by; it stays there")
         if properties.user_id not in (None, settings.broker_user):
             properties = copy.copy(properties)
             properties.user_id = settings.broker_user
@@ -451,8 +458,10 @@ def _act(channel: Any, held: _Held, send: _Send | None, stopped: str) -> None:
     if send is not None:
         try:
             send(held.properties, held.body)  # returns once the broker confirmed the copy
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-            raise PublishError(f"{stopped}: the broker refused the copy ({type(exc).__name__})") from exc
+        except pika.exceptions.UnroutableError as exc:
+            raise Unroutable(f"{stopped}: no queue took the copy (UnroutableError)") from exc
+        except pika.exceptions.NackError as exc:
+            raise PublishError(f"{stopped}: the broker refused the copy (NackError)") from exc
     channel.basic_ack(held.tag)
 
 
@@ -504,11 +513,9 @@ def _text(value: object) -> str | None:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _channel_error(settings: BroadcasterSettings, exc: pika.exceptions.ChannelClosedByBroker) -> BroadcasterError:
+def _channel_error(settings: BroadcasterSettings, exc: pika.exceptions.ChannelClosedByBroker) -> BrokerRefused:
     # Not BrokerUnavailable: the broker is there and said no (access refused, a queue of another type).
-    return BroadcasterError(
-        f"the broker at {settings.redacted_broker_url} refused: ({exc.reply_code}) {exc.reply_text}"
-    )
+    return BrokerRefused(f"the broker at {settings.redacted_broker_url} refused: ({exc.reply_code}) {exc.reply_text}")
 
 
 def _unreachable(settings: BroadcasterSettings, what: str, exc: BaseException) -> str:

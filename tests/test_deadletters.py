@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 import broadcaster
 from broadcaster import deadletters, failures
+from broadcaster.exceptions import TransientError
 from broadcaster.settings import get_settings
 from broadcaster.topology import Topology
 from tests import amqp_raw
@@ -339,6 +340,7 @@ def test_unreachable_broker_is_a_one_line_error_without_the_password(settings: A
         run(*args)
     assert "s3cret" not in str(caught.value)
     assert "\n" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, TransientError)  # worth running again once the broker is back
 
 
 def test_messages_the_broker_dead_lettered_or_in_structured_mode_are_described() -> None:

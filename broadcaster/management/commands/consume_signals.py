@@ -10,6 +10,7 @@ from broadcaster import observability
 from broadcaster.consumer import Consumer
 from broadcaster.daemon import log_to_stderr_unless_configured, stop_on_signals
 from broadcaster.exceptions import BroadcasterError
+from broadcaster.management.options import positive
 from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
 
@@ -46,11 +47,3 @@ class Command(BaseCommand):
             consumer.run()
         except BroadcasterError as exc:
             raise CommandError(f"consume_signals: {exc}") from exc
-
-
-def positive(value: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    number = int(value)
-    if number < 1:
-        raise ValueError(value)
-    return number

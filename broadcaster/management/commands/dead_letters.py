@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from broadcaster import deadletters
 from broadcaster.deadletters import DeadLetter, Listing, Match, Tally
 from broadcaster.exceptions import BroadcasterError
+from broadcaster.management.options import positive
 from broadcaster.registry import subscriptions
 from broadcaster.settings import BroadcasterSettings, get_settings
 from broadcaster.topology import Partitions, Topology
@@ -234,11 +235,3 @@ def _rest(tally: Tally, match: Match) -> str:
 
 def _plural(number: int, noun: str = "dead letter") -> str:
     return noun if number == 1 else f"{noun}s"
-
-
-def positive(value: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    number = int(value)
-    if number < 1:
-        raise ValueError(value)
-    return number

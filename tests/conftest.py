@@ -19,21 +19,7 @@ from broadcaster.publisher import reset_publisher
 from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
 from broadcaster.topology import Topology
-
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
-
-
-@dataclass
-class Received:
-    """One raw message as a queue held it."""
-
-    routing_key: str
-    properties: pika.BasicProperties
-    body: bytes
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return dict(self.properties.headers or {})
+from tests.helpers import BROKER_URL, Received
 
 
 @dataclass

@@ -6,7 +6,7 @@ BroadcasterError
  |    +-- PublishError            the broker has not taken a message (yet)
  |         +-- PublishBufferFull  the publisher's buffer stayed full for PUBLISH_TIMEOUT
  |         +-- FlushTimeout       flush() ran out of time with messages unconfirmed
- +-- PermanentError               retrying changes nothing: the code, settings, message or broker setup must
+ +-- PermanentError               never succeeds as it is: fix the code, settings, message or broker setup
       +-- ConfigurationError      a BROADCASTER setting is wrong (also a system check)
       +-- RegistrationError       broadcast()/subscribe() called with conflicting arguments
       +-- InvalidPayload          send(): the signal's kwargs do not fit the event's schema

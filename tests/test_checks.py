@@ -38,15 +38,7 @@ def _item_model(on_delete: object, name: str = "Item") -> type[models.Model]:
 _META = {"app_label": "testapp"}
 
 
-@pytest.fixture(autouse=True)
-def _without_mysql(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Leave out the test settings' MySQL alias: under Django 6.1 the model checks run against
-    every alias, and Django's own MySQL backend connects to learn its column types (whatever
-    the models), which this module's no-database tests cannot allow."""
-    from django.db import connections
-
-    if "mysql" in connections.settings:
-        monkeypatch.delitem(connections.settings, "mysql")
+pytestmark = pytest.mark.usefixtures("without_mysql")
 
 
 # A value each key refuses, and the id that reports it: every key has one (see the test below).

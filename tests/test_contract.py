@@ -527,6 +527,7 @@ class Embedded(BaseModel):
     data: Json[int]
 
 
+@pytest.mark.usefixtures("without_mysql")
 def test_the_system_check_reports_a_serializer_its_validation_rejects() -> None:
     broadcaster.broadcast(Signal(), event="shop.shouted", schema=Shouted)
     broadcaster.subscribe("shop.embedded", schema=Embedded)

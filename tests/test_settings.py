@@ -33,6 +33,7 @@ def test_check_message_names_the_key_at_fault(settings: Any) -> None:
     assert "BROADCASTER['PREFETCH']" in message.msg
 
 
+@pytest.mark.usefixtures("without_mysql")
 def test_manage_py_check_fails_on_misconfiguration(settings: Any) -> None:
     settings.BROADCASTER = {"BROKER_URL": "amqp://localhost"}
     with pytest.raises(SystemCheckError, match=r"broadcaster\.E002"):

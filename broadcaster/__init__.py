@@ -3,6 +3,7 @@
 from broadcaster.envelope import Envelope
 from broadcaster.exceptions import (
     BroadcasterError,
+    BrokerRefused,
     BrokerUnavailable,
     ConfigurationError,
     ContractError,
@@ -10,11 +11,14 @@ from broadcaster.exceptions import (
     HopLimitExceeded,
     InvalidPayload,
     MessageTooLarge,
+    PermanentError,
     PublishBufferFull,
     PublishError,
     QueueNotFound,
     RegistrationError,
     RejectedMessage,
+    TransientError,
+    Unroutable,
 )
 from broadcaster.publisher import flush
 from broadcaster.registry import broadcast, subscribe
@@ -23,6 +27,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BroadcasterError",
+    "BrokerRefused",
     "BrokerUnavailable",
     "ConfigurationError",
     "ContractError",
@@ -31,11 +36,14 @@ __all__ = [
     "HopLimitExceeded",
     "InvalidPayload",
     "MessageTooLarge",
+    "PermanentError",
     "PublishBufferFull",
     "PublishError",
     "QueueNotFound",
     "RegistrationError",
     "RejectedMessage",
+    "TransientError",
+    "Unroutable",
     "broadcast",
     "flush",
     "subscribe",

@@ -24,12 +24,12 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
 from broadcaster import deadletters
-from broadcaster.deadletters import Content, DeadLetter, Listing, Match, Tally
+from broadcaster.deadletters import Content, DeadLetter, Listing, Match
 from broadcaster.exceptions import BroadcasterError
 from broadcaster.models import DeadLetter as DeadLetterModel
-from broadcaster.registry import subscriptions
 from broadcaster.settings import BroadcasterSettings, get_settings
-from broadcaster.topology import Partitions, Topology
+from broadcaster.sweep import Sweep, Tally, partition_exchanges
+from broadcaster.topology import Topology
 
 __all__ = ["PERMISSION", "DeadLetterAdmin", "Selection"]
 
@@ -172,24 +172,11 @@ def _carry_out(settings: BroadcasterSettings, action: str, selection: Selection,
     """Replay or purge what the operator confirmed, through the command's walk."""
     topology = Topology.for_settings(settings)
     with deadletters.connect(settings) as channel:
+        sweep = Sweep(channel, topology.dead_letter_queue, settings, selection)
         if action == "purge":
             # upto: the queue's length when the operator confirmed; later arrivals stay.
-            return deadletters.purge(channel, topology.dead_letter_queue, settings=settings, match=selection, upto=upto)
-        return deadletters.replay(
-            channel,
-            topology.dead_letter_queue,
-            topology.queue,
-            settings=settings,
-            match=selection,
-            exchange=topology.requeue_exchange,
-            ordered=_ordered(settings),
-        )
-
-
-def _ordered(settings: BroadcasterSettings) -> dict[str, str]:
-    # As the dead_letters command does: a replayed ordered event returns to its partition.
-    exchange = Partitions.for_settings(settings).exchange
-    return {event: exchange for event, sub in subscriptions().items() if sub.ordered}
+            return sweep.purge(upto=upto)
+        return sweep.replay(topology.queue, exchange=topology.requeue_exchange, ordered=partition_exchanges(settings))
 
 
 def _requested(form: Any) -> tuple[str, Selection | None]:

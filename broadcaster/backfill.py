@@ -24,7 +24,14 @@ from django.db.models.signals import post_save
 
 from broadcaster import connection, signing
 from broadcaster.envelope import JSON, OutboundMessage, properties_for
-from broadcaster.exceptions import BroadcasterError, BrokerUnavailable, ConfigurationError, PublishError
+from broadcaster.exceptions import (
+    CONNECTION_LOST,
+    BrokerRefused,
+    BrokerUnavailable,
+    ConfigurationError,
+    PublishError,
+    Unroutable,
+)
 from broadcaster.registry import Broadcast, broadcasts
 from broadcaster.settings import BroadcasterSettings
 
@@ -114,7 +121,7 @@ class Backfill:
             channel.basic_publish(self.route.exchange, key, message.body, properties, mandatory=True)
         except pika.exceptions.UnroutableError as exc:
             if self.route.target is not None:
-                raise PublishError(
+                raise Unroutable(
                     f"queue {self.route.target!r} does not exist or is not bound to exchange "
                     f"{self.route.exchange!r}; nothing after primary key {self.last_pk!r} was published"
                 ) from exc
@@ -149,7 +156,7 @@ def connect(settings: BroadcasterSettings, target: Route) -> Iterator[tuple[Any,
     params = connection.parameters(settings, "backfill")
     try:
         conn = pika.BlockingConnection(params)
-    except (pika.exceptions.AMQPError, OSError) as exc:
+    except CONNECTION_LOST as exc:
         raise BrokerUnavailable(
             f"cannot connect to the broker at {settings.redacted_broker_url}: {connection.describe(exc)}"
         ) from exc
@@ -162,7 +169,7 @@ def connect(settings: BroadcasterSettings, target: Route) -> Iterator[tuple[Any,
         yield channel, getattr(params.credentials, "username", None)
     except pika.exceptions.ChannelClosedByBroker as exc:
         raise _refused(settings, target, exc) from exc
-    except (pika.exceptions.AMQPError, OSError) as exc:
+    except CONNECTION_LOST as exc:
         raise BrokerUnavailable(
             f"lost the connection to the broker at {settings.redacted_broker_url}: {connection.describe(exc)}"
         ) from exc
@@ -170,18 +177,18 @@ def connect(settings: BroadcasterSettings, target: Route) -> Iterator[tuple[Any,
         connection.close_quietly(conn)
 
 
-def _refused(
-    settings: BroadcasterSettings, target: Route, exc: pika.exceptions.ChannelClosedByBroker
-) -> BroadcasterError:
+def _refused(settings: BroadcasterSettings, target: Route, exc: pika.exceptions.ChannelClosedByBroker) -> BrokerRefused:
     if exc.reply_code == _ACCESS_REFUSED:
-        return PublishError(
+        return BrokerRefused(
             f"broker user {settings.broker_user!r} may not write to exchange {target.exchange!r} "
             f"({exc.reply_text}); a service's user may write only to its own exchanges: grant it write on "
             f"{target.exchange!r} for the backfill (see the operations guide)"
         )
     if exc.reply_code == _NOT_FOUND:
-        return PublishError(f"exchange {target.exchange!r} does not exist ({exc.reply_text}); is the service deployed?")
-    return PublishError(f"the broker closed the channel: {exc.reply_code} {exc.reply_text}")
+        return BrokerRefused(
+            f"exchange {target.exchange!r} does not exist ({exc.reply_text}); is the service deployed?"
+        )
+    return BrokerRefused(f"the broker closed the channel: {exc.reply_code} {exc.reply_text}")
 
 
 def filters(pairs: list[str]) -> Mapping[str, str]:

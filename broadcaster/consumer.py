@@ -36,6 +36,7 @@ from broadcaster import connection, failures, observability, properties, publish
 from broadcaster.connection import describe
 from broadcaster.control import Control
 from broadcaster.dispatch import Action, Outcome
+from broadcaster.exceptions import CONNECTION_LOST as _CONNECTION_ERRORS
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
 from broadcaster.executor import Executor
 from broadcaster.killswitch import KillSwitch, Limits
@@ -50,11 +51,6 @@ logger = logging.getLogger(__name__)
 
 _POLL = 1  # seconds the connection's thread waits for I/O when nothing happens
 _CONNECT_TIME = 60  # seconds a connection attempt to every node may take before the loop counts as stuck
-_CONNECTION_ERRORS = (
-    pika.exceptions.AMQPConnectionError,
-    pika.exceptions.AMQPChannelError,
-    OSError,
-)
 # The broker refused a retry or dead-letter copy (a queue deleted under us): reconnecting
 # declares the topology again, and the message, still unacked, comes back.
 _COPY_REFUSED = (pika.exceptions.UnroutableError, pika.exceptions.NackError)

@@ -1,7 +1,7 @@
-"""Dead letters: look at them, send them back to the service queue, or delete them.
+"""Dead letters read: connect, count, list and describe them, and the walk every tool takes.
 
-The operator side of the dead-letter queue the consumer fills (`<queue>.dead-letter`).
-Nothing here loses a message:
+The operator side of the dead-letter queue the consumer fills (`<queue>.dead-letter`);
+`broadcaster.sweep` replays or purges them along the same walk. Nothing loses a message:
 
 - Messages are read with ``basic_get`` and no ack, so the broker keeps owning them.
   Every message not acted on is handed back at the end with one ``basic_nack(requeue)``
@@ -22,11 +22,10 @@ picks messages by filter, and the daemon never promised a global order (see READ
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,31 +35,36 @@ import pika
 import pika.exceptions
 
 from broadcaster import connection, failures, jsondepth, properties
+from broadcaster.brokerurl import scrub
 from broadcaster.envelope import STRUCTURED_JSON
-from broadcaster.exceptions import BroadcasterError, BrokerUnavailable, PublishError, QueueNotFound
-from broadcaster.failures import replay_properties
-from broadcaster.settings import BroadcasterSettings, scrub
+from broadcaster.exceptions import (
+    CONNECTION_LOST,
+    BrokerRefused,
+    BrokerUnavailable,
+    QueueNotFound,
+)
+from broadcaster.settings import BroadcasterSettings
 
 __all__ = [
+    "EVERYTHING",
     "Content",
     "DeadLetter",
+    "Held",
     "Listing",
     "Match",
-    "Tally",
     "connect",
     "count",
     "describe",
+    "describe_safely",
+    "event_type",
     "peek",
-    "purge",
-    "replay",
-    "replay_properties",
-    "replay_unrouted",
+    "release",
+    "wait_for_requeued",
+    "walk",
 ]
 
-PROGRESS_EVERY = 1000
 SETTLE_TIMEOUT = 5.0
 _NOT_FOUND = 404
-_CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,20 +149,6 @@ class Listing:
     """With ``peek(contents=True)``: each letter's headers and body, in the order of `letters`."""
 
 
-@dataclass(frozen=True, slots=True)
-class Tally:
-    """What replay() or purge() did, or has done so far (progress)."""
-
-    queue: str
-    scanned: int
-    """Dead letters looked at."""
-    done: int
-    """Dead letters replayed or purged: matching ones, up to the limit."""
-    left: int | None = None
-    """Messages in the dead-letter queue afterwards (None while still running)."""
-
-
-Progress = Callable[[Tally], None]
 EVERYTHING = Match()
 
 
@@ -172,7 +162,7 @@ def connect(settings: BroadcasterSettings) -> Iterator[Any]:
     properties.install_tolerant_decoder()  # a dead letter pika cannot decode must not end the walk
     try:
         conn = connection.connect_blocking(connection.Nodes(settings, "dead-letters"))
-    except _CONNECTION_ERRORS as exc:
+    except CONNECTION_LOST as exc:
         raise BrokerUnavailable(_unreachable(settings, "cannot connect to", exc)) from exc
     try:
         channel = conn.channel()
@@ -180,7 +170,7 @@ def connect(settings: BroadcasterSettings) -> Iterator[Any]:
         yield channel
     except pika.exceptions.ChannelClosedByBroker as exc:
         raise _channel_error(settings, exc) from exc
-    except _CONNECTION_ERRORS as exc:
+    except CONNECTION_LOST as exc:
         raise BrokerUnavailable(_unreachable(settings, "lost the connection to", exc)) from exc
     finally:
         connection.close_quietly(conn)
@@ -217,9 +207,9 @@ def peek(
     kept: list[Content] = []
     scanned = 0
     try:
-        for held in _walk(channel, queue, budget):
+        for held in walk(channel, queue, budget):
             scanned += 1
-            letter = _describe_safely(held, settings, now)
+            letter = describe_safely(held, settings, now)
             if match(letter):
                 letters.append(letter)
                 if contents:
@@ -227,128 +217,9 @@ def peek(
                 if len(letters) >= limit:
                     break
     finally:
-        _release(channel)
-    _settle(channel, queue, total)
+        release(channel)
+    wait_for_requeued(channel, queue, total)
     return Listing(queue, total, scanned, tuple(letters), tuple(kept))
-
-
-def replay(
-    channel: Any,
-    queue: str,
-    target: str,
-    *,
-    settings: BroadcasterSettings,
-    match: Match = EVERYTHING,
-    limit: int | None = None,
-    progress: Progress | None = None,
-    exchange: str = "",
-    ordered: Mapping[str, str] | None = None,
-) -> Tally:
-    """Move the dead letters that `match` from `queue` back to the service queue `target`.
-
-    Each copy keeps the body, the properties and the ``ce-`` headers (so the envelope id
-    is unchanged) and loses the failure headers, so the daemon starts again at attempt 1.
-    Copies go through `exchange` (the service's requeue exchange; the default exchange if
-    empty) with `target` as routing key. `channel` must be connected as the service's
-    broker user, with the service's settings: each copy carries that user as user_id and
-    is sealed (`broadcaster.failures.replay_properties`), so the daemon believes the
-    original publisher it carries and REQUIRE_USER_ID still holds.
-    `ordered` maps the events of ordered subscriptions to their partition exchange: such
-    a copy goes back through it, to the partition of its key, not to the service queue.
-    `channel` must be in confirm mode (connect() makes it so). Raises PublishError, after
-    handing back every dead letter not yet replayed, if the broker refuses a copy.
-    """
-    count(channel, target)  # fail before touching anything if the service queue is missing
-    partitioned = ordered or {}
-
-    def send(properties: pika.BasicProperties, body: bytes) -> None:
-        copy = replay_properties(properties, body, settings)
-        event = _event_type(properties)
-        if isinstance(event, str) and event in partitioned:
-            channel.basic_publish(partitioned[event], event, body, copy, mandatory=True)
-        else:
-            channel.basic_publish(exchange, target, body, copy, mandatory=True)
-
-    return _sweep(
-        channel,
-        queue,
-        settings=settings,
-        match=match,
-        limit=limit,
-        progress=progress,
-        send=send,
-        what=f"replay to queue {target!r}",
-    )
-
-
-def replay_unrouted(
-    channel: Any,
-    queue: str,
-    exchange: str,
-    *,
-    settings: BroadcasterSettings,
-    match: Match = EVERYTHING,
-    limit: int | None = None,
-    progress: Progress | None = None,
-) -> Tally:
-    """Publish the events parked in UNROUTED_QUEUE `queue` again to `exchange`, by event type.
-
-    Each copy is the event as first published (body, properties, headers), with the
-    event type (``ce-type``) as routing key, so it reaches every queue bound for it now.
-    Its ``user_id`` is kept when it is this service's broker user, else replaced by it
-    (the broker refuses any other): a consumer with REQUIRE_USER_ID then refuses such a
-    copy, so replay the events of another service with that service's settings. An event
-    still bound nowhere goes back to `queue` through the alternate exchange (the walk
-    stops before reaching it again).
-    """
-
-    def send(properties: pika.BasicProperties, body: bytes) -> None:
-        event = _event_type(properties)
-        if not isinstance(event, str) or not event:
-            raise PublishError(f"a message in {queue!r} has no event type (ce-type) to route it by; it stays there")
-        if properties.user_id not in (None, settings.broker_user):
-            properties = copy.copy(properties)
-            properties.user_id = settings.broker_user
-        channel.basic_publish(exchange, event, body, properties, mandatory=True)
-
-    return _sweep(
-        channel,
-        queue,
-        settings=settings,
-        match=match,
-        limit=limit,
-        progress=progress,
-        send=send,
-        what=f"replay to exchange {exchange!r}",
-    )
-
-
-def purge(
-    channel: Any,
-    queue: str,
-    *,
-    settings: BroadcasterSettings,
-    match: Match = EVERYTHING,
-    limit: int | None = None,
-    upto: int | None = None,
-    progress: Progress | None = None,
-) -> Tally:
-    """Delete the dead letters that `match` from `queue`, looking at no more than `upto` of them.
-
-    Pass as `upto` the count the operator confirmed, so that dead letters arriving after
-    the confirmation are not deleted with the others.
-    """
-    return _sweep(
-        channel,
-        queue,
-        settings=settings,
-        match=match,
-        limit=limit,
-        progress=progress,
-        send=None,
-        what="purge",
-        upto=upto,
-    )
 
 
 def describe(
@@ -377,10 +248,7 @@ def describe(
     )
 
 
-_Send = Callable[[pika.BasicProperties, bytes], None]
-
-
-def _describe_safely(held: _Held, settings: BroadcasterSettings, now: datetime | None) -> DeadLetter:
+def describe_safely(held: Held, settings: BroadcasterSettings, now: datetime | None) -> DeadLetter:
     """describe(), or what little can be said of a message it cannot read: a walk never stops."""
     try:
         letter = describe(held.properties, held.body, settings=settings, now=now)
@@ -404,74 +272,36 @@ def _describe_safely(held: _Held, settings: BroadcasterSettings, now: datetime |
 
 
 @dataclass(frozen=True, slots=True)
-class _Held:
+class Held:
+    """A message taken with basic_get and not acked yet: the broker still owns it."""
+
     tag: int
     properties: pika.BasicProperties
     body: bytes
 
 
-def _sweep(
-    channel: Any,
-    queue: str,
-    *,
-    settings: BroadcasterSettings,
-    match: Match,
-    limit: int | None,
-    progress: Progress | None,
-    send: _Send | None,
-    what: str,
-    upto: int | None = None,
-) -> Tally:
-    # Shared by replay and purge: send each matching message on (purge: `send` None),
-    # then ack it, which removes it; hand the others back at the end.
-    total = count(channel, queue)
-    budget = total if upto is None else min(upto, total)
-    scanned = done = 0
-    try:
-        for held in _walk(channel, queue, budget):
-            scanned += 1
-            letter = _describe_safely(held, settings, None)
-            if match(letter):
-                stopped = (
-                    f"{what} stopped after {done} dead letter(s), at {letter.id}; it and the rest stay in {queue!r}"
-                )
-                _act(channel, held, send, stopped)
-                done += 1
-            if progress is not None and scanned % PROGRESS_EVERY == 0:
-                progress(Tally(queue, scanned, done))
-            if limit is not None and done >= limit:
-                break
-    finally:
-        _release(channel)
-    return Tally(queue, scanned, done, _settle(channel, queue, total - done))
+def walk(channel: Any, queue: str, budget: int) -> Iterator[Held]:
+    """At most `budget` messages from the head of `queue`, held unacked: hand them back with release().
 
-
-def _act(channel: Any, held: _Held, send: _Send | None, stopped: str) -> None:
-    if send is not None:
-        try:
-            send(held.properties, held.body)  # returns once the broker confirmed the copy
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-            raise PublishError(f"{stopped}: the broker refused the copy ({type(exc).__name__})") from exc
-    channel.basic_ack(held.tag)
-
-
-def _walk(channel: Any, queue: str, budget: int) -> Iterator[_Held]:
-    # Unacked messages are not handed out again, so `budget` gets see each message once.
+    Unacked messages are not handed out again, so `budget` gets see each message once.
+    """
     for _ in range(budget):
         method, properties, body = channel.basic_get(queue, auto_ack=False)
         if method is None:
             return
-        yield _Held(method.delivery_tag, properties, body)
+        yield Held(method.delivery_tag, properties, body)
 
 
-def _release(channel: Any) -> None:
+def release(channel: Any) -> None:
+    """Hand back every message this channel still holds, to its place in the queue."""
     # Tag 0 with multiple=True means every message this channel still holds. nack rather
     # than reject: it does not count as a failed delivery in a quorum queue.
     if channel.is_open:
         channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
 
 
-def _settle(channel: Any, queue: str, expected: int) -> int:
+def wait_for_requeued(channel: Any, queue: str, expected: int) -> int:
+    """Messages ready in `queue`, once `expected` are (or after SETTLE_TIMEOUT seconds)."""
     # The broker requeues asynchronously: a count (or a command run right after this one)
     # could miss the messages just handed back. Wait, briefly, until they are visible;
     # if they are not by then, they are still safe, only late.
@@ -492,7 +322,7 @@ def _structured(properties: pika.BasicProperties, body: bytes) -> Mapping[str, A
     return event if isinstance(event, dict) else {}
 
 
-def _event_type(properties: pika.BasicProperties) -> object:
+def event_type(properties: pika.BasicProperties) -> object:
     """The event type a copy is routed by: ``ce-type``, else the ``type`` property."""
     return _text((properties.headers or {}).get("ce-type")) or properties.type
 
@@ -503,11 +333,9 @@ def _text(value: object) -> str | None:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _channel_error(settings: BroadcasterSettings, exc: pika.exceptions.ChannelClosedByBroker) -> BroadcasterError:
+def _channel_error(settings: BroadcasterSettings, exc: pika.exceptions.ChannelClosedByBroker) -> BrokerRefused:
     # Not BrokerUnavailable: the broker is there and said no (access refused, a queue of another type).
-    return BroadcasterError(
-        f"the broker at {settings.redacted_broker_url} refused: ({exc.reply_code}) {exc.reply_text}"
-    )
+    return BrokerRefused(f"the broker at {settings.redacted_broker_url} refused: ({exc.reply_code}) {exc.reply_text}")
 
 
 def _unreachable(settings: BroadcasterSettings, what: str, exc: BaseException) -> str:

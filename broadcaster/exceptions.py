@@ -1,24 +1,32 @@
-"""Every error the library raises.
+"""Every error the library raises, in two branches: worth retrying, and never going to succeed.
 
 BroadcasterError
- +-- ConfigurationError           a BROADCASTER setting is wrong (also a system check)
- +-- RegistrationError            broadcast()/subscribe() called with conflicting arguments
- +-- InvalidPayload               send(): the signal's kwargs do not fit the event's schema
- +-- MessageTooLarge              send(): the payload is larger than MAX_MESSAGE_BYTES
- +-- HopLimitExceeded             send(): a causation chain is longer than MAX_HOPS
- +-- PublishError                 worth retrying: the broker did not take the message (yet)
- |    +-- BrokerUnavailable       the broker cannot be reached
- |    +-- PublishBufferFull       the publisher's buffer stayed full for PUBLISH_TIMEOUT
- |    +-- FlushTimeout            flush() ran out of time with messages unconfirmed
- +-- RejectedMessage              an incoming message can never succeed; it is dead-lettered
- +-- QueueNotFound                an operator tool needs a queue the broker does not have
- +-- ContractError                the event contract cannot be built or a snapshot read
+ +-- TransientError               worth retrying: the same call may succeed once the broker is back
+ |    +-- BrokerUnavailable       the broker cannot be reached, or the connection to it was lost
+ |    +-- PublishError            the broker has not taken a message (yet)
+ |         +-- PublishBufferFull  the publisher's buffer stayed full for PUBLISH_TIMEOUT
+ |         +-- FlushTimeout       flush() ran out of time with messages unconfirmed
+ +-- PermanentError               never succeeds as it is: fix the code, settings, message or broker setup
+      +-- ConfigurationError      a BROADCASTER setting is wrong (also a system check)
+      +-- RegistrationError       broadcast()/subscribe() called with conflicting arguments
+      +-- InvalidPayload          send(): the signal's kwargs do not fit the event's schema
+      +-- MessageTooLarge         send(): the payload is larger than MAX_MESSAGE_BYTES
+      +-- HopLimitExceeded        send(): a causation chain is longer than MAX_HOPS
+      +-- RejectedMessage         an incoming message can never succeed; it is dead-lettered
+      +-- ContractError           the event contract cannot be built or a snapshot read
+      +-- QueueNotFound           an operator tool needs a queue the broker does not have
+      +-- BrokerRefused           the broker is there and says no: access refused, a missing exchange
+      +-- Unroutable              a message has no route: no event type, or no queue bound for it
 """
 
 from __future__ import annotations
 
+import pika.exceptions
+
 __all__ = [
+    "CONNECTION_LOST",
     "BroadcasterError",
+    "BrokerRefused",
     "BrokerUnavailable",
     "ConfigurationError",
     "ContractError",
@@ -26,27 +34,51 @@ __all__ = [
     "HopLimitExceeded",
     "InvalidPayload",
     "MessageTooLarge",
+    "PermanentError",
     "PublishBufferFull",
     "PublishError",
     "QueueNotFound",
     "RegistrationError",
     "RejectedMessage",
+    "TransientError",
+    "Unroutable",
 ]
+
+# pika's errors that mean the connection or its channel is gone, so reconnecting may
+# help (the consumer reconnects; the tools raise BrokerUnavailable): connection errors,
+# channel errors, and the socket's OSError. Not the rest of pika's AMQPError: a protocol
+# or framing error (a body too long, a reentrant call) is a bug that a new connection
+# would meet again. pika makes ChannelClosedByBroker, UnroutableError and NackError
+# channel errors too: catch them first where they mean more (the broker refused access
+# or a declaration; a copy no queue took; a copy the broker nacked).
+CONNECTION_LOST = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    OSError,
+)
 
 
 class BroadcasterError(Exception):
     """Root of every error raised by django-signal-broadcaster."""
 
 
-class ConfigurationError(BroadcasterError):
+class TransientError(BroadcasterError):
+    """Worth retrying: the broker is down, unreachable or slow, and the same call may succeed later."""
+
+
+class PermanentError(BroadcasterError):
+    """Never succeeds as it is: the code, the settings, the message or the broker's setup must change first."""
+
+
+class ConfigurationError(PermanentError):
     """The BROADCASTER setting is missing or invalid."""
 
 
-class RegistrationError(BroadcasterError):
+class RegistrationError(PermanentError):
     """A broadcast() or subscribe() call conflicts with an earlier one or is malformed."""
 
 
-class InvalidPayload(BroadcasterError):
+class InvalidPayload(PermanentError):
     """The kwargs of a broadcast signal do not validate against the event's schema."""
 
     def __init__(self, event: str, errors: list[str]) -> None:
@@ -55,7 +87,7 @@ class InvalidPayload(BroadcasterError):
         super().__init__(f"event {event!r}: payload does not match its schema: " + "; ".join(errors))
 
 
-class MessageTooLarge(BroadcasterError):
+class MessageTooLarge(PermanentError):
     """A payload is larger than MAX_MESSAGE_BYTES allows."""
 
     def __init__(self, event: str, size: int, limit: int) -> None:
@@ -65,7 +97,7 @@ class MessageTooLarge(BroadcasterError):
         super().__init__(f"event {event!r}: payload is {size} bytes, more than MAX_MESSAGE_BYTES ({limit})")
 
 
-class HopLimitExceeded(BroadcasterError):
+class HopLimitExceeded(PermanentError):
     """An event caused by remote events is deeper in its causation chain than MAX_HOPS."""
 
     def __init__(self, event: str, hops: int, limit: int) -> None:
@@ -78,12 +110,12 @@ class HopLimitExceeded(BroadcasterError):
         )
 
 
-class PublishError(BroadcasterError):
-    """The broker has not taken a message; trying again later may succeed."""
+class BrokerUnavailable(TransientError):
+    """The broker cannot be reached, refused the connection, or the connection to it was lost."""
 
 
-class BrokerUnavailable(PublishError):
-    """The broker cannot be reached or refused the connection."""
+class PublishError(TransientError):
+    """The broker has not taken a message (not confirmed, or nacked); trying again later may succeed."""
 
 
 class PublishBufferFull(PublishError):
@@ -99,7 +131,7 @@ class FlushTimeout(PublishError):
         super().__init__(f"{pending} message(s) still unconfirmed by the broker after {timeout:g} s")
 
 
-class RejectedMessage(BroadcasterError):
+class RejectedMessage(PermanentError):
     """An incoming message that can never be handled; the consumer dead-letters it.
 
     `reason` is a short stable code (``not-json``, ``unknown-event`` ...) written to the
@@ -112,9 +144,18 @@ class RejectedMessage(BroadcasterError):
         super().__init__(f"{reason}: {detail}")
 
 
-class QueueNotFound(BroadcasterError):
+class ContractError(PermanentError):
+    """The contract cannot be built or read: conflicting schemas, an unreadable snapshot."""
+
+
+class QueueNotFound(PermanentError):
     """A queue an operator tool needs does not exist on the broker (consume_signals declares it)."""
 
 
-class ContractError(BroadcasterError):
-    """The contract cannot be built or read: conflicting schemas, an unreadable snapshot."""
+class BrokerRefused(PermanentError):
+    """The broker is reachable and refuses what was asked: access refused, a missing exchange, a conflicting
+    declaration. Asking again gets the same answer until permissions or topology change."""
+
+
+class Unroutable(PermanentError):
+    """A message cannot be routed: it names no event type, or no queue is bound for it (the broker returned it)."""

@@ -23,7 +23,8 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.views import debug
 
-from broadcaster.settings import BROKER_URL_ENV, broker_passwords
+from broadcaster.brokerurl import broker_passwords
+from broadcaster.settings import BROKER_URL_ENV
 
 __all__ = ["FILTER_PATH", "SafeExceptionReporterFilter", "secrets"]
 

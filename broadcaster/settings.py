@@ -10,26 +10,26 @@ from __future__ import annotations
 import os
 import re
 import socket
-from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from django.conf import settings as django_settings
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+# The helpers that read a BROKER_URL live in broadcaster.brokerurl; these names stay importable from here.
+from broadcaster.brokerurl import broker_passwords, check_nodes_agree, redact_url, scrub, split_urls
 from broadcaster.exceptions import ConfigurationError
 
 __all__ = [
     "BroadcasterSettings",
-    "SettingProblem",
     "broker_passwords",
     "get_settings",
+    "raw_setting",
     "redact_url",
     "reset",
     "scrub",
     "split_urls",
-    "validate",
 ]
 
 BROKER_URL_ENV = "BROADCASTER_BROKER_URL"
@@ -268,7 +268,7 @@ class BroadcasterSettings(BaseModel):
             if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
                 entry = f"entry {number} ({redact_url(url)}) " if len(urls) > 1 else ""
                 raise ValueError(f"{entry}must be an amqp:// or amqps:// URL with a host")
-        _check_nodes_agree(urls)
+        check_nodes_agree(urls)
         return value
 
     @field_validator("management_url")
@@ -289,18 +289,23 @@ class BroadcasterSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check_security(self) -> BroadcasterSettings:
+        # Each error type is a rule of its own, with its own system check id (broadcaster.checks).
         tls = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_server_name)
         if any(tls) and not self.broker_url.startswith("amqps://"):
-            raise ValueError("TLS_* settings need an amqps:// BROKER_URL")
+            raise PydanticCustomError("tls_needs_amqps", "TLS_* settings need an amqps:// BROKER_URL")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together")
+            raise PydanticCustomError("tls_cert_and_key", "TLS_CERT_FILE and TLS_KEY_FILE go together")
         own = self.signing_keys.get(self.service_name, {})
         if self.signing_key_id is not None and self.signing_key_id not in own:
-            raise ValueError(
-                f"SIGNING_KEY_ID {self.signing_key_id!r} is not a key of SIGNING_KEYS[{self.service_name!r}]"
+            raise PydanticCustomError(
+                "signing_key_id_unknown",
+                "SIGNING_KEY_ID {key_id} is not a key of SIGNING_KEYS[{service}]",
+                {"key_id": repr(self.signing_key_id), "service": repr(self.service_name)},
             )
         if self.require_signatures and not self.signing_keys:
-            raise ValueError("REQUIRE_SIGNATURES needs SIGNING_KEYS for the services this one trusts")
+            raise PydanticCustomError(
+                "signatures_without_keys", "REQUIRE_SIGNATURES needs SIGNING_KEYS for the services this one trusts"
+            )
         return self
 
     @property
@@ -363,113 +368,11 @@ class BroadcasterSettings(BaseModel):
         return redact_url(self.broker_url)
 
 
-def split_urls(value: str) -> list[str]:
-    """The URLs of a BROKER_URL that may list several, separated by ';'."""
-    return [url.strip() for url in value.split(";") if url.strip()]
-
-
-def _check_nodes_agree(urls: list[str]) -> None:
-    """Every node of a cluster is reached the same way: one scheme, one user, one vhost."""
-    first = _identity(urls[0])
-    for number, url in enumerate(urls[1:], 2):
-        entry = f"entry {number} ({redact_url(url)})"
-        identity = _identity(url)
-        if identity[0] != first[0]:
-            raise PydanticCustomError(
-                "broker_url_schemes",
-                "{entry} is {scheme}:// but entry 1 is {first}://: use one scheme for every node",
-                {"entry": entry, "scheme": identity[0], "first": first[0]},
-            )
-        if identity[1:] != first[1:]:
-            raise PydanticCustomError(
-                "broker_url_credentials",
-                "{entry} has other credentials or another vhost than entry 1: every node must be "
-                "reached as the same user on the same vhost",
-                {"entry": entry},
-            )
-
-
-def _identity(url: str) -> tuple[str, str, str, str]:
-    # pika's defaults for what a URL leaves out: guest, guest, vhost "/".
-    parts = urlsplit(url)
-    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return parts.scheme, unquote(parts.username or "guest"), unquote(parts.password or "guest"), vhost
-
-
-def redact_url(url: str) -> str:
-    """Return `url` with the password of every URL in it replaced by ``***``.
-
-    `url` may hold several URLs separated by ``;`` (a cluster); each is redacted. The
-    user part is taken up to the last ``@`` of each URL, so a password with an unescaped
-    ``/``, ``#`` or ``@`` is hidden whole rather than cut where a URL parser would cut it.
-    """
-    return ";".join(_redact_one(part) for part in url.split(";"))
-
-
-def broker_passwords(url: str) -> tuple[str, ...]:
-    """Every password in `url` (one URL or several separated by ``;``), as written and unquoted."""
-    found: list[str] = []
-    for part in url.split(";"):
-        _, password, _ = _userinfo(part)
-        if password:
-            found += [password, unquote(password)]
-    # Longest first, so that a password containing another is replaced whole.
-    return tuple(sorted(set(found), key=len, reverse=True))
-
-
-def scrub(text: str, url: str) -> str:
-    """`text` with every password of `url` replaced by ``***`` (for messages that may echo one)."""
-    for password in broker_passwords(url):
-        text = text.replace(password, "***")
-    return text
-
-
-def _userinfo(url: str) -> tuple[str, str | None, str]:
-    """(what comes before the password, the password or None, what comes after it)."""
-    scheme, separator, rest = url.partition("://")
-    at = rest.rfind("@")
-    if not separator or at < 0:
-        return url, None, ""
-    user, colon, password = rest[:at].partition(":")
-    if not colon:
-        return url, None, ""
-    return f"{scheme}://{user}:", password, rest[at:]
-
-
-def _redact_one(url: str) -> str:
-    before, password, after = _userinfo(url)
-    return url if password is None else f"{before}***{after}"
-
-
-@dataclass(frozen=True)
-class SettingProblem:
-    """One thing wrong with BROADCASTER, as a system check reports it."""
-
-    check_id: str
-    key: str
-    message: str
-
-
-# Each key gets its own system check id, so users and tests can silence or match one.
-_CHECK_IDS = {"SERVICE_NAME": "broadcaster.E002", "BROKER_URL": "broadcaster.E003"}
-# Nodes of a BROKER_URL list that disagree, by pydantic error type.
-_TYPE_IDS = {"broker_url_schemes": "broadcaster.E020", "broker_url_credentials": "broadcaster.E021"}
-# The kill switch's keys: one rule (a number in range), one id.
-_CHECK_IDS.update(
-    dict.fromkeys(
-        ("KILL_SWITCH_RATIO", "KILL_SWITCH_WINDOW", "KILL_SWITCH_MIN_EVENTS", "KILL_SWITCH_COOLDOWN"),
-        "broadcaster.E030",
-    )
-)
-_UNKNOWN_KEY_ID = "broadcaster.E004"
-_INVALID_VALUE_ID = "broadcaster.E005"
-_NOT_A_DICT_ID = "broadcaster.E001"
-_SECRET_KEYS = frozenset({"BROKER_URL", "SIGNING_KEYS", "SEAL_KEYS", "MANAGEMENT_URL"})
-
 _cached: BroadcasterSettings | None = None
 
 
-def _raw() -> dict[str, Any] | None:
+def raw_setting() -> dict[str, Any] | None:
+    """BROADCASTER as written, with the environment's broker URL in place; None unless a dict."""
     raw = getattr(django_settings, "BROADCASTER", None)
     if not isinstance(raw, dict):
         return None
@@ -479,38 +382,12 @@ def _raw() -> dict[str, Any] | None:
     return merged
 
 
-def validate() -> tuple[BroadcasterSettings | None, list[SettingProblem]]:
-    """Read and validate BROADCASTER now; return the settings or what is wrong."""
-    raw = _raw()
-    if raw is None:
-        problem = SettingProblem(
-            _NOT_A_DICT_ID,
-            "BROADCASTER",
-            "settings.BROADCASTER must be a dict with at least SERVICE_NAME",
-        )
-        return None, [problem]
-    try:
-        return BroadcasterSettings.model_validate(raw), []
-    except ValidationError as exc:
-        return None, [_problem(error) for error in exc.errors(include_url=False)]
-
-
-def _problem(error: Any) -> SettingProblem:
-    key = str(error["loc"][0]) if error["loc"] else "BROADCASTER"
-    if error["type"] == "extra_forbidden":
-        return SettingProblem(_UNKNOWN_KEY_ID, key, f"BROADCASTER[{key!r}] is not a known setting")
-    check_id = _TYPE_IDS.get(error["type"]) or _CHECK_IDS.get(key, _INVALID_VALUE_ID)
-    # Never echo a secret back: the broker URL may carry a password, SIGNING_KEYS are keys,
-    # and an error about several keys at once has the whole dict as its input.
-    secret = key in _SECRET_KEYS or not error["loc"]
-    shown = "" if secret else f" (got {error.get('input')!r})"
-    return SettingProblem(check_id, key, f"BROADCASTER[{key!r}]: {error['msg']}{shown}")
-
-
 def get_settings() -> BroadcasterSettings:
     """Return the validated settings, reading them on first use."""
     global _cached  # noqa: PLW0603 - the one lazily filled cache of this module
     if _cached is None:
+        from broadcaster.checks import validate  # noqa: PLC0415 - checks reads this module's model
+
         settings, problems = validate()
         if settings is None:
             raise ConfigurationError("; ".join(f"{p.message} [{p.check_id}]" for p in problems))

@@ -45,32 +45,6 @@ _MISSING = (
     "The repository has no `{name}` yet: report vulnerabilities privately to the maintainers, not in a public issue.\n"
 )
 
-_CHECK_MEANINGS = {
-    "broadcaster.E001": "`BROADCASTER` is missing or not a dict.",
-    "broadcaster.E002": "`SERVICE_NAME` is missing or not a valid name.",
-    "broadcaster.E003": "`BROKER_URL` is not an `amqp://` or `amqps://` URL with a host (the URL is never echoed).",
-    "broadcaster.E004": "A key that is not a setting (a typo).",
-    "broadcaster.E005": "Any other invalid value, including combinations (TLS without `amqps://`, "
-    "`SIGNING_KEY_ID` not in `SIGNING_KEYS`, `REQUIRE_SIGNATURES` without keys).",
-    "broadcaster.W001": "A warning: Django's error reports (the DEBUG page, the mails to `ADMINS`) would show "
-    "the broker password, because `DEFAULT_EXCEPTION_REPORTER_FILTER` is not the library's filter "
-    "(see [Security](../security.md#error-reports)).",
-    "broadcaster.E010": "A registered schema sends a form its own validation rejects (a serializer whose declared "
-    "return type the field does not accept when read, a `Json[...]` field); silence it if the comparison is wrong.",
-    "broadcaster.E011": "In outbox mode, a database has no `SELECT ... FOR UPDATE SKIP LOCKED` (MariaDB before 10.6, "
-    "MySQL before 8.0.1): the relay cannot run there (checked by `migrate` and `check --database`).",
-    "broadcaster.E020": "`BROKER_URL` lists nodes of different schemes (`amqp://` and `amqps://`); names the entry.",
-    "broadcaster.E021": "`BROKER_URL` lists a node with another user, password or vhost than the first; names the "
-    "entry (never its password).",
-    "broadcaster.E030": "A kill switch setting (`KILL_SWITCH_RATIO`, `_WINDOW`, `_MIN_EVENTS`, `_COOLDOWN`) is out "
-    "of range; names the key.",
-    "broadcaster.W020": "A warning: `BROKER_URL` lists several nodes and `QUEUE_TYPE` is `classic`, whose queues "
-    "live on one node (see the cluster page).",
-    "broadcaster.W002": "A model whose deletions are broadcast (`pre_delete`/`post_delete`) has a foreign key "
-    "with `on_delete=DB_CASCADE` (Django 6.1): the database deletes those rows without any signal, so they are "
-    "not published.",
-}
-
 # Options every Django command has; the reference lists only the command's own.
 _DJANGO_OPTIONS = {
     "help",
@@ -215,28 +189,22 @@ def _cell(text: str) -> str:
 
 
 def check_ids() -> list[str]:
-    """Every system check id the settings validation and the other checks can report, sorted."""
-    found = {
-        broadcaster_settings._NOT_A_DICT_ID,
-        broadcaster_settings._UNKNOWN_KEY_ID,
-        broadcaster_settings._INVALID_VALUE_ID,
-        *broadcaster_settings._CHECK_IDS.values(),
-        checks.ERROR_REPORTS_ID,
-        *broadcaster_settings._TYPE_IDS.values(),
-        checks._CLASSIC_ON_CLUSTER.id or "",
-        *re.findall(r'"(broadcaster\.[CEW]\d{3})"', inspect.getsource(checks)),
-    }
-    return sorted(found)
+    """Every system check id, sorted: the rules of `broadcaster.checks.RULES`.
+
+    An id written in checks.py that is not a rule there (a message without its hint and
+    meaning) fails the build.
+    """
+    written = set(re.findall(r'"(broadcaster\.[CEW]\d{3})"', inspect.getsource(checks)))
+    if stray := sorted(written - set(checks.RULES)):
+        raise PluginError(f"system check ids in broadcaster/checks.py without a Rule: {stray}")
+    return sorted(checks.RULES)
 
 
 def _checks_table() -> str:
-    ids = check_ids()
-    if set(ids) != set(_CHECK_MEANINGS):
-        raise PluginError(f"system check ids in the code {ids} differ from docs/hooks.py {sorted(_CHECK_MEANINGS)}")
     lines = ["| id | reported when | hint |", "| --- | --- | --- |"]
-    for check_id in ids:
-        hint = checks._HINTS.get(check_id, "")
-        lines.append(f"| `{check_id}` | {_cell(_CHECK_MEANINGS[check_id])} | {_cell(hint)} |")
+    for check_id in check_ids():
+        rule = checks.RULES[check_id]
+        lines.append(f"| `{check_id}` | {_cell(rule.reported_when)} | {_cell(rule.hint)} |")
     return "\n".join(lines) + "\n"
 
 

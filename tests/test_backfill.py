@@ -16,6 +16,7 @@ from django.db.models.signals import post_save
 from pydantic import BaseModel, ConfigDict
 
 import broadcaster
+from broadcaster.exceptions import BrokerRefused, PermanentError
 from broadcaster.settings import get_settings
 from broadcaster.topology import Topology
 from tests.broker_admin import delete_user, rabbitmqctl, strong_password
@@ -105,6 +106,7 @@ def test_target_sends_to_one_services_queue_only(broker: Broker, registered: lis
     with pytest.raises(CommandError, match="is the service deployed") as missing:
         backfill("--target", f"{topology.queue}-absent")
     assert f"exchange '{topology.queue}-absent.requeue' does not exist" in str(missing.value)
+    assert isinstance(missing.value.__cause__, PermanentError)  # retrying the same command changes nothing
 
 
 def test_a_subscriber_sees_ordinary_signed_events(broker: Broker, daemon: Any, settings: Any, registered: Any) -> None:
@@ -165,6 +167,7 @@ def test_target_needs_write_on_the_targets_requeue_exchange(
     message = str(refused.value)
     assert f"may not write to exchange '{broker.exchange}.requeue'" in message
     assert "nothing was published" in message
+    assert isinstance(refused.value.__cause__, BrokerRefused)
     assert publisher_only_user.split(":")[2].split("@", maxsplit=1)[0] not in message  # never the password
     assert broker.count(broker.exchange) == 0
 

@@ -527,9 +527,7 @@ class Embedded(BaseModel):
     data: Json[int]
 
 
-# Django 6.1's own field checks ask a MariaDB server for its version (native UUID columns),
-# so `check` reaches the mysql alias of the test settings.
-@pytest.mark.django_db(databases=["default", "mysql"])
+@pytest.mark.usefixtures("without_mysql")
 def test_the_system_check_reports_a_serializer_its_validation_rejects() -> None:
     broadcaster.broadcast(Signal(), event="shop.shouted", schema=Shouted)
     broadcaster.subscribe("shop.embedded", schema=Embedded)

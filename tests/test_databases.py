@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
@@ -18,7 +17,7 @@ from broadcaster.models import InboxEntry, OutboxEvent
 from broadcaster.outbox import Relay
 from broadcaster.settings import get_settings
 from tests.conftest import Broker
-from tests.test_outbox import titles
+from tests.test_outbox import outbox_row, titles
 from tests.testapp.models import Article
 
 DATABASES = ["default", "sqlite", "mysql"]
@@ -55,7 +54,7 @@ def test_outbox_rows_commit_with_the_change_and_leave_in_order(outbox_mode: Brok
 @pytest.mark.parametrize("using", DATABASES)
 def test_concurrent_relays_publish_each_row_once_in_order(outbox_mode: Broker, using: str) -> None:
     tap = outbox_mode.tap()
-    OutboxEvent.objects.using(using).bulk_create([_row(n) for n in range(600)])
+    OutboxEvent.objects.using(using).bulk_create([outbox_row(n) for n in range(600)])
     relays = [Relay(get_settings().model_copy(update={"outbox_batch": 20}), using=using) for _ in range(3)]
     waits: list[int] = []
     threads = [threading.Thread(target=_drain_and_close, args=(relay, waits)) for relay in relays]
@@ -70,7 +69,7 @@ def test_concurrent_relays_publish_each_row_once_in_order(outbox_mode: Broker, u
 
 @pytest.mark.parametrize(("using", "isolation"), [("default", None), ("mysql", None), ("mysql", "REPEATABLE READ")])
 def test_a_relay_waiting_on_the_broker_blocks_no_insert(outbox_mode: Broker, using: str, isolation: str | None) -> None:
-    OutboxEvent.objects.using(using).bulk_create([_row(n) for n in range(5)])
+    OutboxEvent.objects.using(using).bulk_create([outbox_row(n) for n in range(5)])
     down = get_settings().model_copy(
         update={"broker_url": f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F", "publish_timeout": 3.0}
     )
@@ -89,7 +88,7 @@ def test_a_relay_waiting_on_the_broker_blocks_no_insert(outbox_mode: Broker, usi
 
 
 def test_a_mysql_relay_releases_its_session_lock_whatever_happens(outbox_mode: Broker) -> None:
-    OutboxEvent.objects.using("mysql").bulk_create([_row(0)])
+    OutboxEvent.objects.using("mysql").bulk_create([outbox_row(0)])
     down = get_settings().model_copy(
         update={"broker_url": f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F", "publish_timeout": 0.2}
     )
@@ -167,16 +166,6 @@ def _write_then_fail(using: str) -> None:
     with transaction.atomic(using=using):
         Article.objects.using(using).create(title="rolled back")
         raise RuntimeError
-
-
-def _row(n: int) -> OutboxEvent:
-    envelope = Envelope.new(source="tests", type="tests.article_saved")
-    return OutboxEvent(
-        event_id=envelope.id,
-        event_type=envelope.type,
-        headers=envelope.headers(),
-        body=json.dumps({"instance": {"id": n, "title": f"r{n}"}}).encode(),
-    )
 
 
 def _drain_and_close(relay: Relay, waits: list[int]) -> None:

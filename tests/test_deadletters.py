@@ -22,7 +22,8 @@ from django.dispatch import Signal
 from pydantic import BaseModel
 
 import broadcaster
-from broadcaster import deadletters, failures
+from broadcaster import deadletters, failures, sweep
+from broadcaster.exceptions import TransientError
 from broadcaster.settings import get_settings
 from broadcaster.topology import Topology
 from tests import amqp_raw
@@ -247,7 +248,7 @@ def test_replay_by_event_keeps_the_envelope_and_drops_the_failure_headers(
 def test_replay_all_and_progress(
     broker: Broker, topology: Topology, dead_letter: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(deadletters, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(sweep, "PROGRESS_EVERY", 2)
     for _ in range(5):
         dead_letter()
     out, err = io.StringIO(), io.StringIO()
@@ -339,6 +340,7 @@ def test_unreachable_broker_is_a_one_line_error_without_the_password(settings: A
         run(*args)
     assert "s3cret" not in str(caught.value)
     assert "\n" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, TransientError)  # worth running again once the broker is back
 
 
 def test_messages_the_broker_dead_lettered_or_in_structured_mode_are_described() -> None:

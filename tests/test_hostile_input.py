@@ -34,6 +34,7 @@ from broadcaster import signing
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.registry import Subscription, subscriptions
 from broadcaster.settings import BroadcasterSettings
+from tests.helpers import CreatesFile
 
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "800"))
 settings.register_profile(
@@ -86,16 +87,6 @@ class Boom(BaseModel):
 def _upcast_v1(data: dict[str, Any]) -> dict[str, Any]:
     # A typical upcaster: it trusts the old shape, so hostile input makes it raise.
     return {**data, "total": data["amount"], "placed_at": data["at"]}
-
-
-class Evil:
-    """Unpickling this creates a file: proof that a body was loaded with pickle."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.path,))
 
 
 @dataclass
@@ -450,7 +441,7 @@ def test_generated_structured_mode_messages_are_acked_or_dead_lettered(harness: 
 
 def test_pickle_payloads_are_never_loaded(harness: Harness, tmp_path: Path) -> None:
     marker = tmp_path / "unpickled"
-    payloads = [pickle.dumps(Evil(marker), protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)]
+    payloads = [pickle.dumps(CreatesFile(marker), protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)]
     assert marker.exists() is False
 
     @HOSTILE_QUARTER

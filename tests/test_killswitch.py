@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from broadcaster.checks import check_settings
+from broadcaster.checks import _KEY_IDS, check_settings
 from broadcaster.killswitch import KillSwitch, Limits, Pause
 from broadcaster.settings import BroadcasterSettings
 
@@ -144,7 +144,7 @@ def test_limits_come_from_the_settings() -> None:
 def test_a_bad_kill_switch_setting_is_a_system_check_naming_the_key(settings: Any, key: str, value: float) -> None:
     settings.BROADCASTER = {"SERVICE_NAME": "orders", key: value}
     [message] = check_settings()
-    assert message.id == "broadcaster.E030"
+    assert message.id == _KEY_IDS[key]  # one id per key
     assert f"BROADCASTER[{key!r}]" in message.msg
     assert message.hint is not None
     assert key in message.hint

@@ -105,7 +105,7 @@ def test_broker_down_at_commit_loses_nothing(settings: Any, outbox_mode: Broker)
 
 def test_concurrent_relays_publish_each_row_once(outbox_mode: Broker) -> None:
     tap = outbox_mode.tap()
-    OutboxEvent.objects.bulk_create([_row(n) for n in range(600)])
+    OutboxEvent.objects.bulk_create([outbox_row(n) for n in range(600)])
     relays = [Relay() for _ in range(3)]
     threads = [threading.Thread(target=_run_and_close, args=(relay,)) for relay in relays]
     for thread in threads:
@@ -141,7 +141,7 @@ def resources() -> tuple[int, int]:
 @pytest.mark.parametrize("down", ["closed-port", "refused-login"])
 def test_a_relay_failing_for_long_holds_one_publisher_and_grows_nothing(outbox_mode: Broker, down: str) -> None:
     tap = outbox_mode.tap()
-    OutboxEvent.objects.bulk_create([_row(n) for n in range(500)])
+    OutboxEvent.objects.bulk_create([outbox_row(n) for n in range(500)])
     port, password = (closed_port(), "guest") if down == "closed-port" else (5672, "not-the-password")
     failing = get_settings().model_copy(
         update={
@@ -185,7 +185,7 @@ def test_a_relay_over_a_stopped_broker_grows_nothing_and_publishes_once_it_is_ba
     channel.queue_declare(tap, durable=True)  # survives the broker's restart
     channel.queue_bind(tap, outbox_mode.exchange, "#")
     outbox_mode.queues.append(tap)
-    OutboxEvent.objects.bulk_create([_row(n) for n in range(500)])
+    OutboxEvent.objects.bulk_create([outbox_row(n) for n in range(500)])
     relay = Relay(get_settings().model_copy(update={"outbox_batch": 500, "reconnect_max_delay": 0.05}))
     relay.run_once()  # connected
     relay.settings = relay.settings.model_copy(update={"publish_timeout": 0.02})
@@ -225,14 +225,14 @@ def test_a_late_confirm_of_a_dropped_message_is_ignored(broker: Broker) -> None:
     tap = broker.tap()
     publisher = Publisher(get_settings())
     try:
-        publisher.publish(_message(_row(0)))
+        publisher.publish(_message(outbox_row(0)))
         publisher.flush(10)  # connected
         for n in range(1, 201):
-            publisher.publish(_message(_row(n)))
+            publisher.publish(_message(outbox_row(n)))
         assert publisher.discard_pending() > 0  # before their confirms came back
         assert publisher.pending == 0
         publisher.flush(0)  # nothing left to wait for
-        publisher.publish(_message(_row(201)))
+        publisher.publish(_message(outbox_row(201)))
         publisher.flush(10)  # the late confirms of the dropped ones neither fail nor take 201's place
         assert publisher.pending == 0
     finally:
@@ -295,7 +295,8 @@ def _send_for(seconds: float, errors: list[BaseException], slowest: list[float])
         connections.close_all()
 
 
-def _row(n: int) -> OutboxEvent:
+def outbox_row(n: int) -> OutboxEvent:
+    """A pending outbox row of a `tests.article_saved` event for Article `n` (unsaved)."""
     from broadcaster.envelope import Envelope
 
     envelope = Envelope.new(source="tests", type="tests.article_saved")

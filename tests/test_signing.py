@@ -106,18 +106,20 @@ def test_broker_validated_user_id(broker: Broker, settings: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("changes", "words"),
+    ("changes", "words", "check_id"),
     [
-        ({"SIGNING_KEYS": KEYS, "SIGNING_KEY_ID": "k7"}, "SIGNING_KEY_ID 'k7'"),
-        ({"REQUIRE_SIGNATURES": True}, "REQUIRE_SIGNATURES needs SIGNING_KEYS"),
-        ({"TLS_CA_FILE": "/etc/ca.pem"}, "need an amqps://"),
-        ({"BROKER_URL": "amqps://h", "TLS_CERT_FILE": "/c.pem"}, "go together"),
+        ({"SIGNING_KEYS": KEYS, "SIGNING_KEY_ID": "k7"}, "SIGNING_KEY_ID 'k7'", "broadcaster.E032"),
+        ({"REQUIRE_SIGNATURES": True}, "REQUIRE_SIGNATURES needs SIGNING_KEYS", "broadcaster.E033"),
+        ({"TLS_CA_FILE": "/etc/ca.pem"}, "need an amqps://", "broadcaster.E030"),
+        ({"BROKER_URL": "amqps://h", "TLS_CERT_FILE": "/c.pem"}, "go together", "broadcaster.E031"),
     ],
 )
-def test_security_misconfiguration_is_a_system_check(settings: Any, changes: dict[str, Any], words: str) -> None:
+def test_security_misconfiguration_is_a_system_check(
+    settings: Any, changes: dict[str, Any], words: str, check_id: str
+) -> None:
     settings.BROADCASTER = {**settings.BROADCASTER, **changes}
     [message] = check_settings()
-    assert message.id == "broadcaster.E005"
+    assert message.id == check_id
     assert words in message.msg
 
 

@@ -24,7 +24,8 @@ import pika
 import pika.exceptions
 import pytest
 
-BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+from tests.helpers import BROKER_URL, Received
+
 MANAGE = Path(__file__).parent / "project" / "manage.py"
 DEFAULT_RETRY_DELAYS = (1.0, 10.0, 60.0, 300.0)
 STARTED = "consume_signals: started"
@@ -40,19 +41,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(0.02)
-
-
-@dataclass
-class Message:
-    """One message read from a queue."""
-
-    routing_key: str
-    properties: pika.BasicProperties
-    body: bytes
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return dict(self.properties.headers or {})
 
 
 class Broker:
@@ -113,13 +101,13 @@ class Broker:
     def bind(self, queue: str, routing_key: str) -> None:
         self.channel.queue_bind(queue, self.exchange, routing_key=routing_key)
 
-    def get(self, queue: str) -> Message | None:
+    def get(self, queue: str) -> Received | None:
         method, properties, body = self.channel.basic_get(queue, auto_ack=True)
-        return None if method is None else Message(method.routing_key, properties, body)
+        return None if method is None else Received(method.routing_key, properties, body)
 
-    def take(self, queue: str, count: int = 1, timeout: float = 10.0) -> list[Message]:
+    def take(self, queue: str, count: int = 1, timeout: float = 10.0) -> list[Received]:
         """Wait for `count` messages on `queue` and consume them."""
-        taken: list[Message] = []
+        taken: list[Received] = []
 
         def enough() -> bool:
             while len(taken) < count and (message := self.get(queue)):
@@ -129,7 +117,7 @@ class Broker:
         wait_for(enough, timeout, f"{count} message(s) on {queue}")
         return taken
 
-    def take_all(self, queue: str) -> list[Message]:
+    def take_all(self, queue: str) -> list[Received]:
         """Consume whatever is ready on `queue` now."""
         taken = []
         while message := self.get(queue):

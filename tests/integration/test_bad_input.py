@@ -6,11 +6,11 @@ import json
 import pickle
 import uuid
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pytest
 
+from tests.helpers import CreatesFile
 from tests.integration.conftest import Broker, Daemon, Service
 
 
@@ -26,16 +26,6 @@ def _ce(event: str = "relay.ping", **extra: str) -> dict[str, str]:
 
 def _without(headers: dict[str, str], *names: str) -> dict[str, str]:
     return {key: value for key, value in headers.items() if key not in names}
-
-
-class _CreatesFile:
-    """Unpickling this creates a file: proof that a pickle body was loaded."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.path,))
 
 
 @pytest.fixture
@@ -90,10 +80,10 @@ def test_bad_input_is_dead_lettered_with_its_reason(shipping, rabbit, bad):
 
 def test_a_pickle_body_is_never_loaded(shipping, rabbit, tmp_path):
     armed = tmp_path / "proof-the-payload-works"
-    pickle.loads(pickle.dumps(_CreatesFile(armed)))  # our own payload: it is armed
+    pickle.loads(pickle.dumps(CreatesFile(armed)))  # our own payload: it is armed
     assert armed.exists()
     marker = tmp_path / "loaded-by-the-daemon"
-    body = pickle.dumps(_CreatesFile(marker))
+    body = pickle.dumps(CreatesFile(marker))
     daemon = shipping.daemon()
 
     rabbit.publish("relay.ping", body, headers=_ce(), content_type="application/x-python-serialize")

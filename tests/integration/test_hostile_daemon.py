@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests import amqp_raw
+from tests.helpers import CreatesFile
 from tests.integration.conftest import Broker, Service, wait_for
 
 pytestmark = pytest.mark.faults
@@ -87,16 +88,6 @@ content_type = st.sampled_from(
 )
 
 
-class Evil:
-    """Unpickling this creates a file: proof that a body was loaded with pickle."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Path.touch, (self.path,))
-
-
 @pytest.fixture
 def consumer(service) -> Service:
     return service("hostile", "consumer", MAX_MESSAGE_BYTES="2048", RETRY_DELAYS="0.2")
@@ -154,7 +145,7 @@ def test_generated_hostile_messages_are_all_accounted_for(consumer: Service, rab
     publish_one()
     # And a few that are not random at all.
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
-        evil = pickle.dumps(Evil(marker), protocol=protocol)
+        evil = pickle.dumps(CreatesFile(marker), protocol=protocol)
         ids = {"ce-specversion": "1.0", "ce-id": str(uuid.uuid4()), "ce-source": "x", "ce-type": "relay.ping"}
         rabbit.publish("relay.ping", evil, headers=ids, content_type="application/x-python-serialize")
         rabbit.publish("relay.ping", evil, headers=ids, content_type="application/json")

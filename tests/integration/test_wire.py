@@ -15,10 +15,10 @@ from cloudevents.core.bindings.rabbitmq import (
 )
 from cloudevents.core.v1.event import CloudEvent
 
-from tests.integration.conftest import Message
+from tests.helpers import Received
 
 
-def _as_sdk_message(message: Message) -> RabbitMQMessage:
+def _as_sdk_message(message: Received) -> RabbitMQMessage:
     headers = {
         key: value.decode() if isinstance(value, bytes) else str(value) for key, value in message.headers.items()
     }

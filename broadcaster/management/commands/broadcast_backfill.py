@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcaster import backfill
 from broadcaster.exceptions import BroadcasterError
+from broadcaster.management.options import positive
 from broadcaster.settings import get_settings
 
 DEFAULT_BATCH = 500
@@ -42,7 +43,7 @@ class Command(BaseCommand):
             metavar="FIELD=VALUE",
             help="only rows matching (queryset filter syntax, field__lookup=value too); repeatable",
         )
-        parser.add_argument("--batch", type=_positive, default=DEFAULT_BATCH, help=f"rows per batch ({DEFAULT_BATCH})")
+        parser.add_argument("--batch", type=positive, default=DEFAULT_BATCH, help=f"rows per batch ({DEFAULT_BATCH})")
         parser.add_argument("--after", help="resume: only rows with a primary key above this one")
         parser.add_argument(
             "--target", metavar="SERVICE", help="send to this service's queue only, not to every subscriber"
@@ -104,10 +105,3 @@ def _resume(run: backfill.Backfill | None, after: str | None) -> str:
     if last is None:
         return "nothing was published; run it again as it was"
     return f"every row up to primary key {last} was published; resume with --after {last}"
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(value)
-    return number

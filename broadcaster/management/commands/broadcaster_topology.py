@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcaster import connection
 from broadcaster.brokerstate import Difference, ManagementApi, compare
-from broadcaster.exceptions import BroadcasterError
+from broadcaster.exceptions import CONNECTION_LOST, BroadcasterError
 from broadcaster.permissions import permission_commands, topology_lines, vhost
 from broadcaster.registry import broadcasts, subscriptions
 from broadcaster.settings import BroadcasterSettings, get_settings
@@ -136,7 +136,7 @@ class _BrokerChannel:
         try:
             self._connection = pika.BlockingConnection(connection.parameters(self._settings, "topology"))
             return self._connection.channel()
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except CONNECTION_LOST as exc:
             raise CommandError(self._message("cannot connect to", exc), returncode=EXIT_ERROR) from exc
 
     def __exit__(self, kind: object, exc: BaseException | None, _tb: object) -> None:
@@ -149,7 +149,7 @@ class _BrokerChannel:
                 "with a policy (see the operations guide)",
                 returncode=EXIT_ERROR,
             ) from exc
-        if isinstance(exc, (pika.exceptions.AMQPError, OSError)):
+        if isinstance(exc, CONNECTION_LOST):
             raise CommandError(self._message("lost the connection to", exc), returncode=EXIT_ERROR) from exc
 
     def _message(self, what: str, exc: BaseException) -> str:

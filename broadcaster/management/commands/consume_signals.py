@@ -20,6 +20,7 @@ from broadcaster.daemon import (
     toggle_on_sigusr1,
 )
 from broadcaster.exceptions import BroadcasterError
+from broadcaster.management.options import positive
 from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
 
@@ -84,11 +85,3 @@ class Command(BaseCommand):
         done = "paused until --resume" if command == control.PAUSE else "resumed"
         running = "" if reached else " (no daemon is running now; those that start will see it)"
         self.stdout.write(f"consume_signals: the daemons of {settings.service_name} are {done}{running}")
-
-
-def positive(value: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    number = int(value)
-    if number < 1:
-        raise ValueError(value)
-    return number

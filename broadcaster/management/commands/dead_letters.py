@@ -15,11 +15,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcaster import deadletters
-from broadcaster.deadletters import DeadLetter, Listing, Match, Tally
+from broadcaster.deadletters import DeadLetter, Listing, Match
 from broadcaster.exceptions import BroadcasterError
-from broadcaster.registry import subscriptions
+from broadcaster.management.options import positive
 from broadcaster.settings import BroadcasterSettings, get_settings
-from broadcaster.topology import Partitions, Topology
+from broadcaster.sweep import Sweep, Tally, partition_exchanges
+from broadcaster.topology import Topology
 
 DEFAULT_LIMIT = 100
 _ERROR_WIDTH = 60
@@ -93,16 +94,9 @@ class Command(BaseCommand):
     def _replay(self, settings: BroadcasterSettings, match: Match, limit: int | None) -> None:
         topology = Topology.for_settings(settings)
         with deadletters.connect(settings) as channel:
-            tally = deadletters.replay(
-                channel,
-                topology.dead_letter_queue,
-                topology.queue,
-                match=match,
-                limit=limit,
-                settings=settings,
-                progress=self._progress("replayed"),
-                exchange=topology.requeue_exchange,
-                ordered=_ordered(settings),
+            sweep = Sweep(channel, topology.dead_letter_queue, settings, match, limit, self._progress("replayed"))
+            tally = sweep.replay(
+                topology.queue, exchange=topology.requeue_exchange, ordered=partition_exchanges(settings)
             )
         self.stdout.write(
             f"replayed {tally.done} of {tally.scanned} {_plural(tally.scanned)} to queue {topology.queue!r}"
@@ -111,14 +105,8 @@ class Command(BaseCommand):
 
     def _replay_unrouted(self, settings: BroadcasterSettings, queue: str, match: Match, limit: int | None) -> None:
         with deadletters.connect(settings) as channel:
-            tally = deadletters.replay_unrouted(
-                channel,
-                queue,
-                settings.exchange,
-                settings=settings,
-                match=match,
-                limit=limit,
-                progress=self._progress("replayed"),
+            tally = Sweep(channel, queue, settings, match, limit, self._progress("replayed")).replay_unrouted(
+                settings.exchange
             )
         self.stdout.write(
             f"replayed {tally.done} of {tally.scanned} unrouted {_plural(tally.scanned, 'event')} to exchange "
@@ -133,15 +121,7 @@ class Command(BaseCommand):
             if not confirmed and not self._confirm(queue, total, match, limit):
                 self.stdout.write("purge cancelled; nothing deleted")
                 return
-            tally = deadletters.purge(
-                channel,
-                queue,
-                settings=settings,
-                match=match,
-                limit=limit,
-                upto=total,
-                progress=self._progress("purged"),
-            )
+            tally = Sweep(channel, queue, settings, match, limit, self._progress("purged")).purge(upto=total)
         self.stdout.write(
             f"purged {tally.done} of {tally.scanned} {_plural(tally.scanned)} from queue {queue!r}"
             + _rest(tally, match)
@@ -170,12 +150,6 @@ def _queue(settings: BroadcasterSettings, which: str) -> str:
     if settings.unrouted_queue is None:
         raise CommandError("dead_letters: --queue unrouted needs BROADCASTER['UNROUTED_QUEUE'], which is not set")
     return settings.unrouted_queue
-
-
-def _ordered(settings: BroadcasterSettings) -> dict[str, str]:
-    """The partition exchange of each ordered subscription: a replayed event returns to its partition."""
-    exchange = Partitions.for_settings(settings).exchange
-    return {event: exchange for event, sub in subscriptions().items() if sub.ordered}
 
 
 def _interactive() -> bool:
@@ -234,11 +208,3 @@ def _rest(tally: Tally, match: Match) -> str:
 
 def _plural(number: int, noun: str = "dead letter") -> str:
     return noun if number == 1 else f"{noun}s"
-
-
-def positive(value: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    number = int(value)
-    if number < 1:
-        raise ValueError(value)
-    return number

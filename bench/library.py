@@ -169,7 +169,7 @@ class _Discard:
 def _warm_caller_cost(kwargs: dict[str, Any], samples: int) -> dict[str, float]:
     """The caller's own work per broadcast send(), warm and alone: back to back, with a
     transport that drops each event, so no I/O thread competes for the GIL or the caches."""
-    from broadcaster.publisher import use_transport  # noqa: PLC0415
+    from broadcaster.transport import use_transport  # noqa: PLC0415
 
     clock = time.perf_counter_ns
     costs: list[float] = []
@@ -201,8 +201,8 @@ def produce(rate: float, count: int) -> dict[str, Any]:
 def burst(count: int) -> dict[str, Any]:
     """Send `count` events as fast as possible; report the buffer's high-water mark and RSS."""
     import broadcaster  # noqa: PLC0415
-    from broadcaster.publisher import get_publisher  # noqa: PLC0415
     from broadcaster.settings import get_settings  # noqa: PLC0415
+    from broadcaster.transport import get_publisher  # noqa: PLC0415
 
     warm_up()
     publisher = get_publisher()

@@ -88,7 +88,7 @@ def _dropped_send_us(kwargs: dict[str, Any]) -> float:
     """A broadcast send() with a transport that drops the event, minus a send() nobody receives."""
     from bench.events import order_placed, order_placed_plain  # noqa: PLC0415
     from bench.library import Order, _Discard  # noqa: PLC0415
-    from broadcaster.publisher import use_transport  # noqa: PLC0415
+    from broadcaster.transport import use_transport  # noqa: PLC0415
 
     with use_transport(_Discard()):
         broadcast = _per_call_us(lambda: order_placed.send(Order, **kwargs))

@@ -192,7 +192,7 @@ def _declare(topology: Any) -> None:
 def _clean_up(names: Names, queues: list[str]) -> None:
     from django.db import connection  # noqa: PLC0415
 
-    from broadcaster.publisher import reset_publisher  # noqa: PLC0415
+    from broadcaster.transport import reset_publisher  # noqa: PLC0415
 
     try:
         reset_publisher(timeout=10)

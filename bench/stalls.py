@@ -60,10 +60,10 @@ def _trace_publisher(published: list[tuple[int, int]]) -> None:
 
     original = Publisher._publish_all
 
-    def publish_all(self: Any, batch: list[Any]) -> bool:
+    def publish_all(self: Any, link: Any, batch: list[Any]) -> bool:
         now = time.time_ns()
         published.extend((_order_id(message.body), now) for message in batch)
-        return bool(original(self, batch))
+        return bool(original(self, link, batch))
 
     Publisher._publish_all = publish_all  # type: ignore[method-assign]
 

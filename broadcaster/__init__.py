@@ -16,8 +16,8 @@ from broadcaster.exceptions import (
     RegistrationError,
     RejectedMessage,
 )
-from broadcaster.publisher import flush
 from broadcaster.registry import broadcast, subscribe
+from broadcaster.transport import flush
 
 __version__ = "0.1.0.dev0"
 

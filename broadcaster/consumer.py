@@ -32,7 +32,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from broadcaster import connection, failures, observability, properties, publisher
+from broadcaster import connection, failures, observability, properties, transport
 from broadcaster.connection import describe
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.exceptions import BrokerUnavailable, FlushTimeout
@@ -330,7 +330,7 @@ class Consumer:
                 pass
             self._drop_connection()
         try:
-            publisher.flush(self.settings.shutdown_timeout)
+            transport.flush(self.settings.shutdown_timeout)
         except FlushTimeout as exc:
             logger.error("consume_signals: %s at shutdown", exc)
 
@@ -385,7 +385,7 @@ class Consumer:
         # Events the receivers fired must be safe at the broker before the message that
         # caused them is acked, or a crash in between would lose them.
         try:
-            publisher.flush(self.settings.publish_timeout)
+            transport.flush(self.settings.publish_timeout)
         except FlushTimeout as exc:
             envelope = outcome.envelope
             logger.error(

@@ -28,7 +28,7 @@ from django.db.models.signals import ModelSignal
 from django.dispatch import Signal
 from pydantic import AliasChoices, AliasPath, BaseModel, ValidationError
 
-from broadcaster import observability, publisher
+from broadcaster import observability, transport
 from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import (
     HopLimitExceeded,
@@ -88,18 +88,18 @@ class Broadcast:
             return  # a re-emission of a remote event: publishing it again would loop
         message = self.message(sender, kwargs, cause=current[1] if current else None)
         using = kwargs.get("using") or DEFAULT_DB_ALIAS
-        if get_settings().publish_mode == "outbox" and not publisher.is_overridden():
+        if get_settings().publish_mode == "outbox" and not transport.is_overridden():
             _store_in_outbox(message, using)
         elif _in_atomic_block(using):
             # A full buffer must fail the request now, while the transaction can still roll
             # back; after the commit the event is always taken (see Publisher.publish).
-            publisher.get_publisher().ensure_room()
+            transport.get_publisher().ensure_room()
             transaction.on_commit(
-                lambda: publisher.get_publisher().publish(message, wait=False), using=using, robust=True
+                lambda: transport.get_publisher().publish(message, wait=False), using=using, robust=True
             )
         else:
             # What on_commit would do in autocommit mode, without opening a DB connection.
-            publisher.get_publisher().publish(message)
+            transport.get_publisher().publish(message)
 
     def message(self, sender: object, kwargs: dict[str, Any], cause: Envelope | None) -> OutboundMessage:
         """Validate the signal's kwargs and serialize them; the envelope is made later."""

@@ -15,10 +15,10 @@ import pytest
 
 from broadcaster import registry
 from broadcaster.consumer import Consumer
-from broadcaster.publisher import reset_publisher
 from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
 from broadcaster.topology import Topology
+from broadcaster.transport import reset_publisher
 
 BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 

@@ -105,7 +105,7 @@ def breakdown() -> list[tuple[str, float]]:
     from bench.library import Order  # noqa: PLC0415
     from broadcaster.dispatch import dispatch  # noqa: PLC0415
     from broadcaster.envelope import Envelope, OutboundMessage, decode, properties_for  # noqa: PLC0415
-    from broadcaster.registry import Subscription, _in_atomic_block, broadcasts  # noqa: PLC0415
+    from broadcaster.registry import Subscription, broadcasts  # noqa: PLC0415
     from broadcaster.settings import get_settings  # noqa: PLC0415
 
     receiver = broadcasts()[0]
@@ -154,11 +154,7 @@ def breakdown() -> list[tuple[str, float]]:
             ),
         ),
         (
-            "caller:   in a transaction? (the thread's connection, kept)",
-            _per_call_us(lambda: _in_atomic_block("default")),
-        ),
-        (
-            "caller:     the same through Django's lookup",
+            "caller:   in a transaction? (Django's connection lookup)",
             _per_call_us(lambda: transaction.get_connection("default").in_atomic_block),
         ),
         (

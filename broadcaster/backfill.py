@@ -25,7 +25,8 @@ from django.db.models.signals import post_save
 from broadcaster import connection, signing
 from broadcaster.envelope import JSON, OutboundMessage, properties_for
 from broadcaster.exceptions import BroadcasterError, BrokerUnavailable, ConfigurationError, PublishError
-from broadcaster.registry import Broadcast, broadcasts
+from broadcaster.producer import Broadcast
+from broadcaster.registry import broadcasts
 from broadcaster.settings import BroadcasterSettings
 
 __all__ = ["MARKER", "Backfill", "Route", "broadcast_for", "connect", "filters", "route"]

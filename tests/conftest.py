@@ -109,16 +109,8 @@ def broker(settings: Any) -> Iterator[Broker]:
 @pytest.fixture(autouse=True)
 def clean_registry() -> Iterator[None]:
     """Registrations made by a test do not leak into the next one."""
-    broadcasts = dict(registry._broadcasts)
-    subscribed = dict(registry._subscriptions)
-    yield
-    for key, receiver in list(registry._broadcasts.items()):
-        if key not in broadcasts:
-            receiver.signal.disconnect(receiver, sender=receiver.sender, dispatch_uid=f"broadcaster:{receiver.event}")
-    registry._broadcasts.clear()
-    registry._broadcasts.update(broadcasts)
-    registry._subscriptions.clear()
-    registry._subscriptions.update(subscribed)
+    with registry.isolated():
+        yield
 
 
 @pytest.fixture

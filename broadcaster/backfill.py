@@ -152,7 +152,8 @@ def connect(settings: BroadcasterSettings, target: Route) -> Iterator[tuple[Any,
         conn = pika.BlockingConnection(params)
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise BrokerUnavailable(
-            f"cannot connect to the broker at {settings.redacted_broker_url}: {connection.describe(exc)}"
+            f"cannot connect to the broker at {settings.redacted_broker_url}: "
+            f"{connection.describe_redacted(exc, settings)}"
         ) from exc
     try:
         channel: Any = conn.channel()  # pika's stubs know only the declared exchange types
@@ -165,7 +166,8 @@ def connect(settings: BroadcasterSettings, target: Route) -> Iterator[tuple[Any,
         raise _refused(settings, target, exc) from exc
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise BrokerUnavailable(
-            f"lost the connection to the broker at {settings.redacted_broker_url}: {connection.describe(exc)}"
+            f"lost the connection to the broker at {settings.redacted_broker_url}: "
+            f"{connection.describe_redacted(exc, settings)}"
         ) from exc
     finally:
         connection.close_quietly(conn)

@@ -13,6 +13,7 @@ from django.db.models.signals import post_delete, pre_delete
 from django.utils.module_loading import import_string
 
 from broadcaster.registry import broadcasts
+from broadcaster.relaylock import skip_locked_problem
 from broadcaster.settings import validate
 
 __all__ = [
@@ -110,8 +111,6 @@ def check_outbox_database(
     settings, _ = validate()
     if not databases or settings is None or settings.publish_mode != "outbox":
         return []
-    from broadcaster.outbox import skip_locked_problem  # noqa: PLC0415 - needs the app's models
-
     return [
         Error(problem, hint=_HINTS["broadcaster.E011"], obj=f"settings.DATABASES[{alias!r}]", id="broadcaster.E011")
         for alias in databases

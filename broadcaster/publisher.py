@@ -26,7 +26,7 @@ from broadcaster import connection, observability, pikacompat, signing
 from broadcaster.envelope import JSON, OutboundMessage, properties_for
 from broadcaster.exceptions import FlushTimeout
 from broadcaster.outgoing import Outgoing
-from broadcaster.settings import BroadcasterSettings, scrub
+from broadcaster.settings import BroadcasterSettings
 
 __all__ = ["Publisher"]
 
@@ -187,7 +187,7 @@ class Publisher:
                 # mandatory: an event no queue takes comes back (on_return) instead of vanishing.
                 channel.basic_publish(exchange, message.routing_key, message.body, properties, True)
             except pika.exceptions.AMQPError as exc:
-                link.problem = f"could not publish: {link.scrubbed(exc)}"
+                link.problem = f"could not publish: {connection.describe_redacted(exc, self._settings)}"
                 logger.warning("publisher could not publish (%s); reconnecting", connection.describe(exc))
                 return False
         return True
@@ -262,10 +262,6 @@ class _Link:
         self.closing = True
         self._ioloop.add_callback_threadsafe(self._shutdown)
 
-    def scrubbed(self, error: BaseException | str) -> str:
-        """`error` described without the broker password (it is kept on outbox rows and shown in the admin)."""
-        return scrub(connection.describe(error), self._settings.broker_url)
-
     def _on_open(self, conn: Any) -> None:
         if self.closing:  # close() came while the connection was opening
             conn.close()
@@ -293,12 +289,12 @@ class _Link:
 
     def _on_channel_closed(self, _channel: object, reason: Exception) -> None:
         if not self.closing:
-            self.problem = f"the broker closed the channel: {self.scrubbed(reason)}"
+            self.problem = f"the broker closed the channel: {connection.describe_redacted(reason, self._settings)}"
             logger.warning("publisher channel closed: %s", reason)
         self.drop()
 
     def _on_open_error(self, _conn: object, error: str | Exception) -> None:
-        self.problem = f"cannot connect to {self._node.label}: {self.scrubbed(error)}"
+        self.problem = f"cannot connect to {self._node.label}: {connection.describe_redacted(error, self._settings)}"
         logger.warning("publisher cannot connect to %s: %s", self._node.label, connection.describe(error))
         self._reconnect()
 

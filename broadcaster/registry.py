@@ -137,32 +137,17 @@ def subscribe(
     only) names an integer or datetime field: an event whose version is not newer than
     one already applied for its key is skipped, recorded with the receivers' work.
     """
-    if fanout not in ("service", "instance"):
-        raise RegistrationError(f"event {event!r}: fanout must be 'service' or 'instance', not {fanout!r}")
     _check_event(event)
     version = _schema_version(schema)
     check_schema(schema)
     major = schema_major(version) or 0  # _schema_version() checked that it has one
     chain = _check_upcasters(event, major, upcasters or {})
-    _check_ordering(event, schema, fanout, ordered, version_field)
-    if existing := _subscriptions.get(event):
-        same = (
-            existing.schema is schema
-            and (existing.inbox, existing.fanout, existing.ordered) == (inbox, fanout, ordered)
-            and existing.version_field == version_field
-            and existing.sources == (frozenset(sources) if sources is not None else None)
-            and dict(existing.upcasters) == chain
-        )
-        if same and signal in (None, existing.signal):
-            return existing.signal
-        raise RegistrationError(f"event {event!r} is already subscribed with another schema, signal or options")
-    local = signal if signal is not None else Signal()
-    sender = schema if sender is None else sender
-    _subscriptions[event] = Subscription(
+    _check_delivery(event, schema, fanout, ordered, version_field)
+    new = Subscription(
         event,
         schema,
-        local,
-        sender,
+        signal if signal is not None else Signal(),
+        schema if sender is None else sender,
         version,
         inbox,
         MappingProxyType(chain),
@@ -172,7 +157,23 @@ def subscribe(
         ordered,
         version_field,
     )
-    return local
+    if existing := _subscriptions.get(event):
+        if signal in (None, existing.signal) and _same_options(existing, new):
+            return existing.signal
+        raise RegistrationError(f"event {event!r} is already subscribed with another schema, signal or options")
+    _subscriptions[event] = new
+    return new.signal
+
+
+def _same_options(existing: Subscription, new: Subscription) -> bool:
+    """Whether `new` subscribes as `existing` does (its signal and sender aside): subscribing again is a no-op."""
+    return (
+        existing.schema is new.schema
+        and (existing.inbox, existing.fanout, existing.ordered) == (new.inbox, new.fanout, new.ordered)
+        and existing.version_field == new.version_field
+        and existing.sources == new.sources
+        and dict(existing.upcasters) == dict(new.upcasters)
+    )
 
 
 def _has_decimal(core_schema: object) -> bool:
@@ -210,9 +211,11 @@ def _check_key(event: str, schema: type[BaseModel], key: PartitionKey | None) ->
 _VERSION_TYPES = (int, datetime.datetime, datetime.date)
 
 
-def _check_ordering(
+def _check_delivery(
     event: str, schema: type[BaseModel], fanout: Fanout, ordered: bool, version_field: str | None
 ) -> None:
+    if fanout not in ("service", "instance"):
+        raise RegistrationError(f"event {event!r}: fanout must be 'service' or 'instance', not {fanout!r}")
     if ordered and fanout != "service":
         raise RegistrationError(f"event {event!r}: ordered=True needs fanout='service'")
     if version_field is None:

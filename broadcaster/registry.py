@@ -279,6 +279,8 @@ def _undo(
     for key, receiver in list(_broadcasts.items()):
         if key not in broadcasts_kept:
             receiver.signal.disconnect(receiver, sender=receiver.sender, dispatch_uid=_uid(receiver))
+    for receiver in broadcasts_kept.values():  # connected again if reset() disconnected it; a no-op if not
+        receiver.signal.connect(receiver, sender=receiver.sender, weak=False, dispatch_uid=_uid(receiver))
     _broadcasts.clear()
     _broadcasts.update(broadcasts_kept)
     _subscriptions.clear()

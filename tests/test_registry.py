@@ -17,6 +17,7 @@ from django.dispatch import Signal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 import broadcaster
+from broadcaster import registry
 from broadcaster.dispatch import handling
 from broadcaster.envelope import Envelope
 from broadcaster.exceptions import FlushTimeout, HopLimitExceeded, InvalidPayload, MessageTooLarge, RegistrationError
@@ -278,3 +279,33 @@ def test_an_event_waits_for_the_commit_of_its_own_alias_thread_and_task_only() -
             send(5, using="sqlite")
             assert len(captured) == 4
         assert captured[-1].payload["order_id"] == 5
+
+
+def test_isolated_undoes_the_blocks_registrations_and_keeps_the_earlier_ones() -> None:
+    kept, dropped = Signal(), Signal()
+    broadcaster.broadcast(kept, event="orders.kept", schema=OrderPlaced)
+    with registry.isolated():
+        broadcaster.broadcast(dropped, event="orders.dropped", schema=OrderPlaced)
+        broadcaster.subscribe("orders.dropped", schema=OrderPlaced)
+        assert {b.event for b in registry.broadcasts()} >= {"orders.kept", "orders.dropped"}
+    assert "orders.dropped" not in {b.event for b in registry.broadcasts()}
+    assert "orders.dropped" not in registry.subscriptions()
+    with capture_broadcasts() as captured:
+        dropped.send(sender=None, order_id=1, total=1, lines=LINES)  # no receiver left
+        kept.send(sender=None, order_id=2, total=1, lines=LINES)
+    assert captured.types == ["orders.kept"]
+
+
+def test_reset_forgets_every_registration_and_isolated_brings_the_earlier_ones_back() -> None:
+    signal = Signal()
+    broadcaster.broadcast(signal, event="orders.before_reset", schema=OrderPlaced)
+    with registry.isolated():
+        registry.reset()
+        assert registry.broadcasts() == []
+        assert registry.subscriptions() == {}
+        with capture_broadcasts() as captured:
+            signal.send(sender=None, order_id=1, total=1, lines=LINES)
+        assert captured == []
+    with capture_broadcasts() as captured:
+        signal.send(sender=None, order_id=2, total=1, lines=LINES)
+    assert captured.types == ["orders.before_reset"]

@@ -109,8 +109,8 @@ def produce(rate: float, count: int) -> dict[str, Any]:
 def burst(count: int) -> dict[str, Any]:
     """Send `count` events as fast as possible; report the buffer's high-water mark and RSS."""
     import broadcaster  # noqa: PLC0415
-    from broadcaster.publisher import get_publisher  # noqa: PLC0415
     from broadcaster.settings import get_settings  # noqa: PLC0415
+    from broadcaster.transport import get_publisher  # noqa: PLC0415
 
     warm_up()
     publisher = get_publisher()

@@ -161,7 +161,7 @@ def _clean_up(names: Names, queues: list[str], exchanges: list[str]) -> None:
     """Close the publisher, delete the run's broker objects and drop its PostgreSQL schema."""
     from django.db import connection  # noqa: PLC0415
 
-    from broadcaster.publisher import reset_publisher  # noqa: PLC0415
+    from broadcaster.transport import reset_publisher  # noqa: PLC0415
 
     for what, action in (
         ("close the publisher", lambda: reset_publisher(timeout=10)),

@@ -20,8 +20,8 @@ from broadcaster.exceptions import (
     TransientError,
     Unroutable,
 )
-from broadcaster.publisher import flush
 from broadcaster.registry import broadcast, subscribe
+from broadcaster.transport import flush
 
 __version__ = "0.1.0.dev0"
 

@@ -34,7 +34,7 @@ class BroadcasterConfig(AppConfig):
 
 
 def _reset_publisher(*, setting: str, **kwargs: object) -> None:
-    from broadcaster.publisher import reset_publisher  # noqa: PLC0415
+    from broadcaster.transport import reset_publisher  # noqa: PLC0415
 
     if setting == "BROADCASTER":
         reset_publisher(timeout=5)

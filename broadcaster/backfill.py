@@ -32,7 +32,8 @@ from broadcaster.exceptions import (
     PublishError,
     Unroutable,
 )
-from broadcaster.registry import Broadcast, broadcasts
+from broadcaster.producer import Broadcast
+from broadcaster.registry import broadcasts
 from broadcaster.settings import BroadcasterSettings
 
 __all__ = ["MARKER", "Backfill", "Route", "broadcast_for", "connect", "filters", "route"]
@@ -158,7 +159,8 @@ def connect(settings: BroadcasterSettings, target: Route) -> Iterator[tuple[Any,
         conn = pika.BlockingConnection(params)
     except CONNECTION_LOST as exc:
         raise BrokerUnavailable(
-            f"cannot connect to the broker at {settings.redacted_broker_url}: {connection.describe(exc)}"
+            f"cannot connect to the broker at {settings.redacted_broker_url}: "
+            f"{connection.describe_redacted(exc, settings)}"
         ) from exc
     try:
         channel: Any = conn.channel()  # pika's stubs know only the declared exchange types
@@ -171,7 +173,8 @@ def connect(settings: BroadcasterSettings, target: Route) -> Iterator[tuple[Any,
         raise _refused(settings, target, exc) from exc
     except CONNECTION_LOST as exc:
         raise BrokerUnavailable(
-            f"lost the connection to the broker at {settings.redacted_broker_url}: {connection.describe(exc)}"
+            f"lost the connection to the broker at {settings.redacted_broker_url}: "
+            f"{connection.describe_redacted(exc, settings)}"
         ) from exc
     finally:
         connection.close_quietly(conn)

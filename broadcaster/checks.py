@@ -27,6 +27,7 @@ from django.db.models.signals import post_delete, pre_delete
 from django.utils.module_loading import import_string
 from pydantic import ValidationError
 
+from broadcaster.relaylock import skip_locked_problem
 from broadcaster.settings import BroadcasterSettings, raw_setting
 
 __all__ = [
@@ -330,8 +331,6 @@ def check_outbox_database(
     settings, _ = validate()
     if not databases or settings is None or settings.publish_mode != "outbox":
         return []
-    from broadcaster.outbox import skip_locked_problem  # noqa: PLC0415 - needs the app's models
-
     return [
         RULES["broadcaster.E011"].report(problem, f"settings.DATABASES[{alias!r}]")
         for alias in databases

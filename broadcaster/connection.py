@@ -19,9 +19,18 @@ from dataclasses import dataclass
 import pika
 import pika.exceptions
 
-from broadcaster.settings import BroadcasterSettings, redact_url
+from broadcaster.settings import BroadcasterSettings, redact_url, scrub
 
-__all__ = ["Node", "Nodes", "backoff", "close_quietly", "connect_blocking", "describe", "parameters"]
+__all__ = [
+    "Node",
+    "Nodes",
+    "backoff",
+    "close_quietly",
+    "connect_blocking",
+    "describe",
+    "describe_redacted",
+    "parameters",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +144,13 @@ def _tls_context(settings: BroadcasterSettings) -> ssl.SSLContext:
 _jitter = random.Random()
 
 
-def backoff(failures: int, cap: float) -> float:
-    """Seconds to wait before reconnection attempt number `failures` (1-based), with jitter."""
-    ceiling: float = min(cap, 0.25 * 2 ** min(failures, 16))
+def backoff(failures: int, cap: float, base: float = 0.25) -> float:
+    """Seconds to wait before attempt number `failures` (1-based) after failures in a row, with jitter.
+
+    `base` doubled per failure, at most `cap`, then a random point in its upper half, so
+    that clients that failed together do not all try again at once.
+    """
+    ceiling: float = min(cap, base * 2 ** min(failures, 16))
     return _jitter.uniform(ceiling / 2, ceiling)
 
 
@@ -148,6 +161,15 @@ def describe(error: BaseException | str) -> str:
     name = type(error).__name__
     text = str(error).strip() or repr(error)  # pika's AMQPConnectionError keeps its detail in repr()
     return text if text.startswith(name) else f"{name}: {text}"
+
+
+def describe_redacted(error: BaseException | str, settings: BroadcasterSettings) -> str:
+    """`describe(error)` with every password of BROKER_URL replaced by ``***``.
+
+    For text that is kept or shown (an outbox row's last error, the admin, a command's
+    output): pika's messages do not normally carry the URL, but never risk echoing it.
+    """
+    return scrub(describe(error), settings.broker_url)
 
 
 def close_quietly(conn: pika.BlockingConnection) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from broadcaster import connection, failures, observability, properties, publisher
+from broadcaster import connection, failures, observability, properties, transport
 from broadcaster.connection import describe
 from broadcaster.control import Control
 from broadcaster.dispatch import Action, Outcome
@@ -268,7 +268,7 @@ class Consumer:
                 pass
             self._drop_connection()
         try:
-            publisher.flush(self.settings.shutdown_timeout)
+            transport.flush(self.settings.shutdown_timeout)
         except FlushTimeout as exc:
             logger.error("consume_signals: %s at shutdown", exc)
 

@@ -35,7 +35,6 @@ import pika
 import pika.exceptions
 
 from broadcaster import connection, failures, jsondepth, properties
-from broadcaster.brokerurl import scrub
 from broadcaster.envelope import STRUCTURED_JSON
 from broadcaster.exceptions import (
     CONNECTION_LOST,
@@ -339,6 +338,4 @@ def _channel_error(settings: BroadcasterSettings, exc: pika.exceptions.ChannelCl
 
 
 def _unreachable(settings: BroadcasterSettings, what: str, exc: BaseException) -> str:
-    text = connection.describe(exc)
-    # pika's messages do not normally carry the URL, but never risk echoing the password.
-    return f"{what} the broker at {settings.redacted_broker_url}: {scrub(text, settings.broker_url)}"
+    return f"{what} the broker at {settings.redacted_broker_url}: {connection.describe_redacted(exc, settings)}"

@@ -9,22 +9,35 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
+from django.dispatch import Signal
 from pydantic import ValidationError
 
 from broadcaster import failures, jsondepth, observability, signing
 from broadcaster.envelope import Envelope, IncomingMessage, decode
 from broadcaster.exceptions import HopLimitExceeded, RejectedMessage
 from broadcaster.failures import Reason
-from broadcaster.registry import Subscription, field_value, handling
+from broadcaster.payload import field_value, schema_major
 from broadcaster.settings import BroadcasterSettings
 
-__all__ = ["Action", "Outcome", "dispatch"]
+if TYPE_CHECKING:
+    from broadcaster.registry import Subscription
+
+__all__ = ["Action", "Outcome", "current_envelope", "dispatch", "handling", "re_emitting"]
+
+re_emitting: ContextVar[tuple[Signal, Envelope] | None] = ContextVar("broadcaster_handling", default=None)
+"""(the signal being re-emitted, the envelope of the remote event) while its receivers run.
+
+The producer reads it on every send(): a broadcast of that very re-emission is not
+published again (it would loop), and any other event fired meanwhile has it as its cause.
+"""
 
 logger = logging.getLogger(__name__)
 
@@ -148,13 +161,12 @@ def _check_publisher(
         )
 
 
-def _major(envelope: Envelope, subscription: Subscription) -> int:
-    """The payload's major version, if this subscription can read it."""
+def _readable_major(envelope: Envelope, subscription: Subscription) -> int:
+    """The payload's major version, if this subscription can read it; else RejectedMessage."""
     version = envelope.schema_version
     if version is None:
         return subscription.major  # other CloudEvents producers send none: read as ours
-    head = version.split(".", 1)[0]
-    major = int(head) if head.isascii() and head.isdigit() and len(head) < 6 else None
+    major = schema_major(version)
     missing = [] if major is None else [k for k in range(major, subscription.major) if k not in subscription.upcasters]
     if major is None or major > subscription.major or missing:
         why = f"no upcaster from major version {missing[0]}" if missing else f"it reads major {subscription.major}"
@@ -167,7 +179,7 @@ def _major(envelope: Envelope, subscription: Subscription) -> int:
 
 def _validate(subscription: Subscription, message: IncomingMessage) -> dict[str, Any]:
     schema = subscription.schema
-    major = _major(message.envelope, subscription)
+    major = _readable_major(message.envelope, subscription)
     try:
         if major < subscription.major:
             payload = schema.model_validate(_upcast(subscription, major, message.data))
@@ -261,3 +273,19 @@ def _emit(subscription: Subscription, envelope: Envelope, fields: dict[str, Any]
 
 def _qualified(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def current_envelope() -> Envelope | None:
+    """The envelope of the remote event being handled on this thread (or task), if any."""
+    current = re_emitting.get()
+    return current[1] if current else None
+
+
+@contextmanager
+def handling(signal: Signal, envelope: Envelope) -> Iterator[None]:
+    """Mark `signal` as re-emitting the remote event of `envelope` for the block."""
+    token = re_emitting.set((signal, envelope))
+    try:
+        yield
+    finally:
+        re_emitting.reset(token)

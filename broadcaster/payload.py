@@ -30,12 +30,28 @@ from pydantic_core import PydanticUndefined
 
 from broadcaster.exceptions import RegistrationError
 
-__all__ = ["check_schema", "dump", "serialization_problems"]
+__all__ = ["check_schema", "dump", "field_value", "schema_major", "serialization_problems"]
 
 
 def dump(payload: BaseModel) -> bytes:
     """The JSON body of `payload`, as the producer sends it (by alias)."""
     return payload.__pydantic_serializer__.to_json(payload, by_alias=True)
+
+
+def field_value(payload: object, path: str) -> object:
+    """The value at a dotted field path (``"instance.id"``) of a validated payload (or a dict of its fields)."""
+    for name in path.split("."):
+        payload = payload[name] if isinstance(payload, dict) else getattr(payload, name)
+    return payload
+
+
+def schema_major(version: str) -> int | None:
+    """The major number of a ``"major.minor"`` schema version, or None when it starts with none.
+
+    Strict, because a version may come off the wire: ASCII digits only, at most five.
+    """
+    head = version.split(".", 1)[0]
+    return int(head) if head.isascii() and head.isdigit() and len(head) < 6 else None
 
 
 def check_schema(schema: type[BaseModel]) -> None:

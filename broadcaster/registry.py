@@ -1,141 +1,46 @@
 """Which signals are broadcast as which events, and which events this service receives.
 
-`broadcast()` connects a receiver that turns a signal's kwargs into a validated event
-and hands it to the publisher after the transaction commits. `subscribe()` records the
-local signal an incoming event is re-emitted on. While an incoming event is being
-re-emitted, `handling()` marks it, so that the re-emission is never published again and
-events its receivers fire carry it as their cause.
+`broadcast()` checks a registration and connects a `producer.Broadcast` receiver, which
+turns each `send()` into an event (the send-time path is producer.py's). `subscribe()`
+records the local signal an incoming event is re-emitted on (by dispatch.py). Tests
+undo their registrations with `isolated()`, or start from none with `reset()`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import functools
 import re
-import threading
-import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from django.db import DEFAULT_DB_ALIAS, transaction
-from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.signals import ModelSignal
 from django.dispatch import Signal
-from pydantic import AliasChoices, AliasPath, BaseModel, ValidationError
+from pydantic import AliasChoices, AliasPath, BaseModel
 
-from broadcaster import observability, publisher
-from broadcaster.envelope import Envelope, OutboundMessage
-from broadcaster.exceptions import (
-    HopLimitExceeded,
-    InvalidPayload,
-    MessageTooLarge,
-    RegistrationError,
-)
-from broadcaster.payload import check_schema
-from broadcaster.settings import get_settings
+from broadcaster.exceptions import RegistrationError
+from broadcaster.payload import check_schema, schema_major
+from broadcaster.producer import Broadcast, PartitionKey
 
 __all__ = [
-    "Broadcast",
     "Subscription",
     "Upcaster",
     "broadcast",
     "broadcasts",
-    "current_envelope",
-    "handling",
+    "isolated",
+    "reset",
     "subscribe",
     "subscriptions",
 ]
 
 _EVENT_NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
-_SCHEMA_VERSION = re.compile(r"^(\d+)\.(\d+)$")
+_SCHEMA_VERSION = re.compile(r"^[0-9]{1,5}\.[0-9]+$")
 DEFAULT_SCHEMA_VERSION = "1.0"
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 Fanout = Literal["service", "instance"]
-PartitionKey = str | Callable[[Any], object]
-"""A schema field name, or a function of the validated payload, whose value names the entity."""
-_KEY_LIMIT = 255
-
-# (signal being re-emitted, its envelope) while dispatching an incoming event.
-_handling: ContextVar[tuple[Signal, Envelope] | None] = ContextVar("broadcaster_handling", default=None)
-
-
-@dataclass(frozen=True, eq=False)
-class Broadcast:
-    """The receiver that publishes one signal as one event."""
-
-    signal: Signal
-    event: str
-    schema: type[BaseModel]
-    sender: object
-    schema_version: str
-    accepted: frozenset[str] | None  # the kwargs the schema reads; None: it ignores the rest itself
-    key: PartitionKey | None = None
-
-    def __post_init__(self) -> None:
-        # send_robust() and asend_robust() log a receiver that raised by its __qualname__,
-        # which an instance lacks: without one, the logging itself would raise.
-        object.__setattr__(self, "__qualname__", f"{type(self).__qualname__}[{self.event}]")
-
-    def __call__(self, sender: object, **kwargs: Any) -> None:
-        current = _handling.get()
-        if current is not None and current[0] is self.signal and kwargs.get("envelope") is current[1]:
-            return  # a re-emission of a remote event: publishing it again would loop
-        message = self.message(sender, kwargs, cause=current[1] if current else None)
-        using = kwargs.get("using") or DEFAULT_DB_ALIAS
-        if get_settings().publish_mode == "outbox" and not publisher.is_overridden():
-            _store_in_outbox(message, using)
-        elif _in_atomic_block(using):
-            # A full buffer must fail the request now, while the transaction can still roll
-            # back; after the commit the event is always taken (see Publisher.publish).
-            publisher.get_publisher().ensure_room()
-            transaction.on_commit(
-                lambda: publisher.get_publisher().publish(message, wait=False), using=using, robust=True
-            )
-        else:
-            # What on_commit would do in autocommit mode, without opening a DB connection.
-            publisher.get_publisher().publish(message)
-
-    def message(self, sender: object, kwargs: dict[str, Any], cause: Envelope | None) -> OutboundMessage:
-        """Validate the signal's kwargs and serialize them; the envelope is made later."""
-        settings = get_settings()
-        if cause is not None and cause.hops + 1 > settings.max_hops:
-            raise HopLimitExceeded(self.event, cause.hops + 1, settings.max_hops)
-        # A schema that ignores unknown fields (pydantic's default) is given the kwargs as
-        # they are: copying out the ones it names would only cost the caller time.
-        data = kwargs if self.accepted is None else {name: kwargs[name] for name in self.accepted if name in kwargs}
-        try:
-            payload = self.schema.__pydantic_validator__.validate_python(data, from_attributes=True)
-        except ValidationError as exc:
-            raise InvalidPayload(self.event, _describe(exc)) from exc
-        body = self.schema.__pydantic_serializer__.to_json(payload, by_alias=True)  # the wire form: see payload.py
-        if len(body) > settings.max_message_bytes:
-            raise MessageTooLarge(self.event, len(body), settings.max_message_bytes)
-        return OutboundMessage.draft(
-            body,
-            source=settings.service_name,
-            type=self.event,
-            subject=_label(sender),
-            schema_version=self.schema_version,
-            cause=cause,
-            traceparent=observability.current_traceparent(),
-            partition_key=None if self.key is None else self.partition_key(payload),
-        )
-
-    def partition_key(self, payload: BaseModel) -> str:
-        """The ``ce-partitionkey`` of `payload`: the key field's value, or what the key function returns."""
-        value = field_value(payload, self.key) if isinstance(self.key, str) else self.key(payload)  # type: ignore[misc]
-        if value is None or isinstance(value, bool) or not isinstance(value, str | int | uuid.UUID):
-            raise InvalidPayload(self.event, [f"partition key: {value!r} is not a string, an integer or a UUID"])
-        text = str(value)
-        if not text or len(text.encode()) > _KEY_LIMIT:
-            raise InvalidPayload(self.event, [f"partition key: must be 1-{_KEY_LIMIT} bytes, not {len(text)}"])
-        return text
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,10 +63,13 @@ class Subscription:
     @property
     def major(self) -> int:
         """Major version of the schema; messages of another major are not read."""
-        return _major(self.schema_version)
+        major = schema_major(self.schema_version)
+        assert major is not None, self.schema_version  # subscribe() checked it
+        return major
 
 
-_broadcasts: dict[tuple[int, str, object], Broadcast] = {}
+_Registration = tuple[int, str, object]  # id of the signal, event, sender
+_broadcasts: dict[_Registration, Broadcast] = {}
 _subscriptions: dict[str, Subscription] = {}
 
 
@@ -195,7 +103,7 @@ def broadcast(
         if other.event == event and other.schema is not schema:
             raise RegistrationError(f"event {event!r} is already broadcast with schema {other.schema.__qualname__}")
     receiver = Broadcast(signal, event, schema, sender, version, _accepted_names(schema), key)
-    signal.connect(receiver, sender=sender, weak=False, dispatch_uid=f"broadcaster:{event}")
+    signal.connect(receiver, sender=sender, weak=False, dispatch_uid=_uid(receiver))
     _broadcasts[registration] = receiver
 
 
@@ -229,31 +137,17 @@ def subscribe(
     only) names an integer or datetime field: an event whose version is not newer than
     one already applied for its key is skipped, recorded with the receivers' work.
     """
-    if fanout not in ("service", "instance"):
-        raise RegistrationError(f"event {event!r}: fanout must be 'service' or 'instance', not {fanout!r}")
     _check_event(event)
     version = _schema_version(schema)
     check_schema(schema)
-    chain = _check_upcasters(event, _major(version), upcasters or {})
-    _check_ordering(event, schema, fanout, ordered, version_field)
-    if existing := _subscriptions.get(event):
-        same = (
-            existing.schema is schema
-            and (existing.inbox, existing.fanout, existing.ordered) == (inbox, fanout, ordered)
-            and existing.version_field == version_field
-            and existing.sources == (frozenset(sources) if sources is not None else None)
-            and dict(existing.upcasters) == chain
-        )
-        if same and signal in (None, existing.signal):
-            return existing.signal
-        raise RegistrationError(f"event {event!r} is already subscribed with another schema, signal or options")
-    local = signal if signal is not None else Signal()
-    sender = schema if sender is None else sender
-    _subscriptions[event] = Subscription(
+    major = schema_major(version) or 0  # _schema_version() checked that it has one
+    chain = _check_upcasters(event, major, upcasters or {})
+    _check_delivery(event, schema, fanout, ordered, version_field)
+    new = Subscription(
         event,
         schema,
-        local,
-        sender,
+        signal if signal is not None else Signal(),
+        schema if sender is None else sender,
         version,
         inbox,
         MappingProxyType(chain),
@@ -263,7 +157,23 @@ def subscribe(
         ordered,
         version_field,
     )
-    return local
+    if existing := _subscriptions.get(event):
+        if signal in (None, existing.signal) and _same_options(existing, new):
+            return existing.signal
+        raise RegistrationError(f"event {event!r} is already subscribed with another schema, signal or options")
+    _subscriptions[event] = new
+    return new.signal
+
+
+def _same_options(existing: Subscription, new: Subscription) -> bool:
+    """Whether `new` subscribes as `existing` does (its signal and sender aside): subscribing again is a no-op."""
+    return (
+        existing.schema is new.schema
+        and (existing.inbox, existing.fanout, existing.ordered) == (new.inbox, new.fanout, new.ordered)
+        and existing.version_field == new.version_field
+        and existing.sources == new.sources
+        and dict(existing.upcasters) == dict(new.upcasters)
+    )
 
 
 def _has_decimal(core_schema: object) -> bool:
@@ -273,13 +183,6 @@ def _has_decimal(core_schema: object) -> bool:
     if isinstance(core_schema, list | tuple):
         return any(_has_decimal(item) for item in core_schema)
     return False
-
-
-def field_value(payload: object, path: str) -> object:
-    """The value at a dotted field path (``"instance.id"``) of a validated payload (or a dict of its fields)."""
-    for name in path.split("."):
-        payload = payload[name] if isinstance(payload, dict) else getattr(payload, name)
-    return payload
 
 
 def _field(schema: type[BaseModel], path: str) -> object:
@@ -308,9 +211,11 @@ def _check_key(event: str, schema: type[BaseModel], key: PartitionKey | None) ->
 _VERSION_TYPES = (int, datetime.datetime, datetime.date)
 
 
-def _check_ordering(
+def _check_delivery(
     event: str, schema: type[BaseModel], fanout: Fanout, ordered: bool, version_field: str | None
 ) -> None:
+    if fanout not in ("service", "instance"):
+        raise RegistrationError(f"event {event!r}: fanout must be 'service' or 'instance', not {fanout!r}")
     if ordered and fanout != "service":
         raise RegistrationError(f"event {event!r}: ordered=True needs fanout='service'")
     if version_field is None:
@@ -345,48 +250,45 @@ def subscriptions() -> dict[str, Subscription]:
     return dict(_subscriptions)
 
 
-def current_envelope() -> Envelope | None:
-    """The envelope of the remote event being handled on this thread, if any."""
-    current = _handling.get()
-    return current[1] if current else None
+def reset() -> None:
+    """Forget every broadcast and subscription, disconnecting the broadcasts' receivers.
+
+    For tests that start from no registration at all; `isolated()` keeps the ones made
+    before (by your apps' ``ready()``, say) and undoes only a test's own.
+    """
+    _undo({}, {})
 
 
 @contextmanager
-def handling(signal: Signal, envelope: Envelope) -> Iterator[None]:
-    """Mark `signal` as re-emitting the remote event of `envelope` for the block."""
-    token = _handling.set((signal, envelope))
+def isolated() -> Iterator[None]:
+    """Undo, when the block ends, every broadcast() and subscribe() made within it.
+
+    For tests: wrap a test (a fixture) that registers events of its own, so that they
+    do not leak into the next one. Registrations made before the block stay.
+    """
+    broadcasts_before, subscriptions_before = dict(_broadcasts), dict(_subscriptions)
     try:
         yield
     finally:
-        _handling.reset(token)
+        _undo(broadcasts_before, subscriptions_before)
 
 
-_connections = threading.local()  # this thread's Django connection objects, by alias
+def _undo(
+    broadcasts_kept: dict[tuple[int, str, object], Broadcast], subscriptions_kept: dict[str, Subscription]
+) -> None:
+    for key, receiver in list(_broadcasts.items()):
+        if key not in broadcasts_kept:
+            receiver.signal.disconnect(receiver, sender=receiver.sender, dispatch_uid=_uid(receiver))
+    for receiver in broadcasts_kept.values():  # connected again if reset() disconnected it; a no-op if not
+        receiver.signal.connect(receiver, sender=receiver.sender, weak=False, dispatch_uid=_uid(receiver))
+    _broadcasts.clear()
+    _broadcasts.update(broadcasts_kept)
+    _subscriptions.clear()
+    _subscriptions.update(subscriptions_kept)
 
 
-def _in_atomic_block(using: str) -> bool:
-    """``transaction.get_connection(using).in_atomic_block``, at a tenth of the cost.
-
-    Django keeps one connection object per thread and alias for the thread's life, and
-    its lookup raises and catches an exception every time (asgiref asks for a running
-    event loop). Under an event loop connections are per task, so they are looked up.
-    """
-    if asyncio._get_running_loop() is not None:
-        return bool(transaction.get_connection(using).in_atomic_block)
-    known: dict[str, BaseDatabaseWrapper] | None = getattr(_connections, "by_alias", None)
-    if known is None:
-        known = _connections.by_alias = {}
-    wrapper = known.get(using)
-    if wrapper is None:
-        wrapper = known[using] = transaction.get_connection(using)
-    return bool(wrapper.in_atomic_block)
-
-
-def _store_in_outbox(message: OutboundMessage, using: str) -> None:
-    from broadcaster import outbox  # noqa: PLC0415 - models load only once apps are ready
-
-    outbox.store(message, using)
-    transaction.on_commit(lambda: outbox.wake(using), using=using)
+def _uid(receiver: Broadcast) -> str:
+    return f"broadcaster:{receiver.event}"
 
 
 def _check_event(event: str) -> None:
@@ -408,10 +310,6 @@ def _schema_version(schema: type[BaseModel]) -> str:
     return version
 
 
-def _major(version: str) -> int:
-    return int(version.split(".", 1)[0])
-
-
 def _accepted_names(schema: type[BaseModel]) -> frozenset[str] | None:
     """The kwargs to hand to a schema that refuses or keeps unknown fields; None if it ignores them."""
     if schema.model_config.get("extra", "ignore") == "ignore":
@@ -424,30 +322,3 @@ def _accepted_names(schema: type[BaseModel]) -> frozenset[str] | None:
         names.update(alias for alias in aliases if isinstance(alias, str))
         names.update(str(alias.path[0]) for alias in aliases if isinstance(alias, AliasPath))
     return frozenset(names)
-
-
-def _describe(exc: ValidationError) -> list[str]:
-    return [
-        f"field {'.'.join(str(part) for part in error['loc']) or '(payload)'!r}: {error['msg']}"
-        for error in exc.errors(include_url=False, include_input=False)
-    ]
-
-
-def _label(sender: object) -> str | None:
-    if isinstance(sender, type):
-        return _class_label(sender)
-    if sender is None:
-        return None
-    return _model_label(sender) or str(sender)[:200]
-
-
-@functools.lru_cache(maxsize=256)
-def _class_label(sender: type) -> str:
-    # Senders are mostly model classes, labelled on every send().
-    return _model_label(sender) or f"{sender.__module__}.{sender.__qualname__}"
-
-
-def _model_label(sender: object) -> str | None:
-    """``app_label.Model`` of a model class or instance, None for anything else."""
-    meta = getattr(sender, "_meta", None)
-    return str(meta.label) if meta is not None and hasattr(meta, "label") else None

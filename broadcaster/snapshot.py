@@ -27,7 +27,9 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from broadcaster.exceptions import ContractError
-from broadcaster.registry import Broadcast, Subscription
+from broadcaster.payload import schema_major
+from broadcaster.producer import Broadcast
+from broadcaster.registry import Subscription
 
 __all__ = [
     "ASYNCAPI_FILE",
@@ -190,7 +192,10 @@ class Meta:
     @property
     def major(self) -> int:
         """The major of `schema_version`."""
-        return int(self.schema_version.split(".", 1)[0])
+        major = schema_major(self.schema_version)
+        if major is None:
+            raise ValueError(f"{self.event}: schema version {self.schema_version!r} has no major number")
+        return major
 
 
 def collect(broadcasts: Iterable[Broadcast], subscriptions: Iterable[Subscription]) -> list[EventContract]:

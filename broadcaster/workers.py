@@ -19,7 +19,7 @@ from typing import Any
 import pika
 from django.db import close_old_connections, connections
 
-from broadcaster import failures, properties, publisher
+from broadcaster import failures, properties, transport
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.exceptions import FlushTimeout
 from broadcaster.failures import Reason
@@ -223,7 +223,7 @@ class Handling:
         # Events the receivers fired must be safe at the broker before the message that
         # caused them is acked, or a crash in between would lose them.
         try:
-            publisher.flush(self.settings.publish_timeout)
+            transport.flush(self.settings.publish_timeout)
         except FlushTimeout as exc:
             envelope = outcome.envelope
             logger.error(

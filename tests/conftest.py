@@ -15,10 +15,10 @@ import pytest
 
 from broadcaster import registry
 from broadcaster.consumer import Consumer
-from broadcaster.publisher import reset_publisher
 from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
 from broadcaster.topology import Topology
+from broadcaster.transport import reset_publisher
 from tests.helpers import BROKER_URL, Received
 
 
@@ -111,16 +111,8 @@ def without_mysql(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def clean_registry() -> Iterator[None]:
     """Registrations made by a test do not leak into the next one."""
-    broadcasts = dict(registry._broadcasts)
-    subscribed = dict(registry._subscriptions)
-    yield
-    for key, receiver in list(registry._broadcasts.items()):
-        if key not in broadcasts:
-            receiver.signal.disconnect(receiver, sender=receiver.sender, dispatch_uid=f"broadcaster:{receiver.event}")
-    registry._broadcasts.clear()
-    registry._broadcasts.update(broadcasts)
-    registry._subscriptions.clear()
-    registry._subscriptions.update(subscribed)
+    with registry.isolated():
+        yield
 
 
 @pytest.fixture

@@ -14,12 +14,11 @@ from django.dispatch import Signal
 from pydantic import BaseModel
 
 import broadcaster
-from broadcaster.dispatch import Action
+from broadcaster.dispatch import Action, current_envelope
 from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import InvalidPayload
-from broadcaster.publisher import use_transport
-from broadcaster.registry import current_envelope
 from broadcaster.testing import Capture, capture_broadcasts, deliver
+from broadcaster.transport import use_transport
 from tests.testapp.models import Article
 
 

@@ -396,25 +396,9 @@ def test_a_drawn_pair_is_never_wrongly_compatible(old: Ann, new: Ann, forbid: bo
     old_model = create_model("Old", __config__=config, v=(old, ...))
     new_model = create_model("New", __config__=config, v=(new, ...))
     samples = [{"v": value} for value in values]
-    with _fresh_registry():
+    with registry.isolated():
         for role, (says, fails) in verdicts(old_model, new_model, samples).items():
             assert says or not fails, f"{role}: the check says compatible, but a sample is rejected"
-
-
-class _fresh_registry:
-    """Each drawn example registers its own events; they are dropped after it."""
-
-    def __enter__(self) -> None:
-        self.before = dict(registry._broadcasts), dict(registry._subscriptions)
-
-    def __exit__(self, *exc: object) -> None:
-        for key, receiver in list(registry._broadcasts.items()):
-            if key not in self.before[0]:
-                receiver.signal.disconnect(receiver, dispatch_uid=f"broadcaster:{receiver.event}")
-        registry._broadcasts.clear()
-        registry._broadcasts.update(self.before[0])
-        registry._subscriptions.clear()
-        registry._subscriptions.update(self.before[1])
 
 
 def test_every_table_model_is_accepted_by_registration() -> None:

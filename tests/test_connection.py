@@ -8,7 +8,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from broadcaster.connection import backoff, describe, parameters
+from broadcaster.connection import backoff, describe, describe_redacted, parameters
 from broadcaster.settings import get_settings
 
 
@@ -43,6 +43,20 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert all(0.25 <= delay <= 0.5 for delay in first)
     assert all(15 <= delay <= 30 for delay in later)
     assert len(set(later)) > 1  # jittered, so instances do not reconnect in lockstep
+
+
+def test_the_relay_backs_off_from_its_poll_interval_with_the_same_formula(settings: Any) -> None:
+    from broadcaster.outbox import _retry_in
+
+    settings.BROADCASTER = {**settings.BROADCASTER, "OUTBOX_POLL_INTERVAL": 2.0}
+    assert all(2.0 <= _retry_in(1) <= 4.0 for _ in range(50))
+    assert all(30.0 <= _retry_in(10) <= 60.0 for _ in range(50))  # capped at 30 poll intervals
+
+
+def test_a_described_error_never_carries_the_broker_password(settings: Any) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "BROKER_URL": "amqp://guest:s3cr%2Fet@127.0.0.1:1/%2F"}
+    error = ConnectionError("login as guest:s3cr/et refused; guest:s3cr%2Fet")
+    assert describe_redacted(error, get_settings()) == "ConnectionError: login as guest:*** refused; guest:***"
 
 
 def test_errors_are_described_on_one_line_with_their_detail() -> None:

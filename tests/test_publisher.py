@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -20,8 +21,9 @@ from prometheus_client import REGISTRY
 from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import FlushTimeout, PublishBufferFull
 from broadcaster.pikacompat import WRITE_BYTES
-from broadcaster.publisher import Publisher, get_publisher
+from broadcaster.publisher import Publisher
 from broadcaster.settings import BroadcasterSettings, get_settings
+from broadcaster.transport import get_publisher
 from tests.conftest import Broker
 
 UNREACHABLE = "amqp://guest:s3cret@127.0.0.1:1/%2F"
@@ -37,6 +39,12 @@ def numbers(broker: Broker, queue: str) -> list[int]:
 
 def unreachable_settings(**changes: Any) -> BroadcasterSettings:
     return get_settings().model_copy(update={"broker_url": UNREACHABLE, **changes})
+
+
+def abandon(publisher: Publisher) -> None:
+    """Close a publisher whose broker never answers: the I/O thread gives up reconnecting."""
+    with contextlib.suppress(FlushTimeout):
+        publisher.close(0)
 
 
 def test_every_event_is_confirmed_and_arrives_in_order(broker: Broker) -> None:
@@ -84,8 +92,9 @@ def test_a_batch_goes_to_the_socket_without_waiting_for_the_poller(
     publisher = Publisher(get_settings())
     publisher.publish(message(0))
     publisher.flush(10)  # connected: from now on every write finds pika's buffer empty
-    assert publisher._connection is not None
-    ours = publisher._connection._transport  # type: ignore[attr-defined]
+    assert publisher._link is not None
+    assert publisher._link.connection is not None
+    ours = publisher._link.connection._transport  # type: ignore[attr-defined]
     buffered: list[int] = []
     write = _AsyncPlaintextTransport.write
 
@@ -113,7 +122,8 @@ def test_writes_the_socket_does_not_take_at_once_go_out_later_in_order(
     publisher = Publisher(get_settings())
     publisher.publish(message(0))
     publisher.flush(10)
-    connection = publisher._connection
+    assert publisher._link is not None
+    connection = publisher._link.connection
     assert connection is not None
     ours = connection._transport  # type: ignore[attr-defined]
     original = socket.socket.send
@@ -136,7 +146,7 @@ def test_writes_the_socket_does_not_take_at_once_go_out_later_in_order(
     publisher.close(5)
     assert len(writes) > 50
     assert numbers(broker, tap) == list(range(301))
-    assert publisher._connection is connection, "the connection must not have been lost on the way"
+    assert publisher._link.connection is connection, "the connection must not have been lost on the way"
 
 
 def test_the_io_thread_is_woken_once_for_events_in_quick_succession_and_then_rests(broker: Broker) -> None:
@@ -170,7 +180,7 @@ def test_publish_does_not_wait_for_the_broker() -> None:
     assert publisher.pending == 100
     with pytest.raises(FlushTimeout, match="100 message"):
         publisher.flush(0.3)
-    publisher._closing = True  # let the I/O thread give up reconnecting
+    abandon(publisher)
 
 
 def test_full_buffer_raises_within_publish_timeout_without_leaking_the_password() -> None:
@@ -185,7 +195,7 @@ def test_full_buffer_raises_within_publish_timeout_without_leaking_the_password(
     assert "PUBLISH_TIMEOUT" in str(caught.value)
     assert "s3cret" not in str(caught.value)
     assert publisher.pending == 5  # what was taken is kept
-    publisher._closing = True
+    abandon(publisher)
 
 
 def test_forked_child_gets_its_own_publisher(broker: Broker) -> None:

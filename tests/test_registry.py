@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from datetime import datetime
@@ -16,9 +17,12 @@ from django.dispatch import Signal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 import broadcaster
+from broadcaster import registry
+from broadcaster.dispatch import handling
 from broadcaster.envelope import Envelope
-from broadcaster.exceptions import HopLimitExceeded, InvalidPayload, MessageTooLarge, RegistrationError
-from broadcaster.registry import _in_atomic_block, handling, subscriptions
+from broadcaster.exceptions import FlushTimeout, HopLimitExceeded, InvalidPayload, MessageTooLarge, RegistrationError
+from broadcaster.registry import subscriptions
+from broadcaster.testing import capture_broadcasts
 from tests.conftest import Broker
 from tests.testapp.models import Article
 
@@ -218,7 +222,7 @@ def test_datetime_fields_are_rfc3339(broker: Broker) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_full_buffer_fails_the_request_inside_its_transaction(settings: Any) -> None:
-    from broadcaster import publisher as publisher_module
+    from broadcaster import transport as publisher_module
     from broadcaster.exceptions import PublishBufferFull
 
     settings.BROADCASTER = {
@@ -245,29 +249,63 @@ def test_full_buffer_fails_the_request_inside_its_transaction(settings: Any) -> 
         assert not Article.objects.exists()  # the request failed before its commit: nothing half-done
         assert publisher.pending == 2
     finally:
-        publisher_module.get_publisher()._closing = True  # type: ignore[attr-defined]
-        publisher_module._publisher = None
+        with contextlib.suppress(FlushTimeout):
+            publisher_module.reset_publisher(timeout=0)  # nothing is ever confirmed: give up
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "sqlite"])
-def test_the_atomic_check_agrees_with_django_in_every_thread_alias_and_event_loop() -> None:
-    def both(using: str) -> tuple[bool, bool]:
-        return _in_atomic_block(using), transaction.get_connection(using).in_atomic_block
+def test_an_event_waits_for_the_commit_of_its_own_alias_thread_and_task_only() -> None:
+    signal = Signal()
+    broadcaster.broadcast(signal, event="orders.atomic_probe", schema=OrderPlaced)
 
-    assert both("default") == (False, False)
-    with transaction.atomic():
-        assert both("default") == (True, True)
-        assert both("sqlite") == (False, False)
-        seen_by_another_thread: list[tuple[bool, bool]] = []
-        thread = threading.Thread(target=lambda: seen_by_another_thread.append(both("default")))
-        thread.start()
-        thread.join()
-        assert seen_by_another_thread == [(False, False)], "another thread is not in this transaction"
+    def send(order_id: int, using: str = "default") -> None:
+        signal.send(sender=None, order_id=order_id, total=1, lines=LINES, using=using)
 
-        async def under_an_event_loop() -> tuple[bool, bool]:
-            return both("default")
+    with capture_broadcasts() as captured:
+        with transaction.atomic():
+            send(1)
+            send(2, using="sqlite")  # not in a transaction on that database: at once
+            thread = threading.Thread(target=send, args=(3,))  # another thread: not in this transaction
+            thread.start()
+            thread.join()
 
-        assert asyncio.run(under_an_event_loop()) == (False, False), "a task has connections of its own"
-    assert both("default") == (False, False)
-    with transaction.atomic(using="sqlite"):
-        assert both("sqlite") == (True, True)
+            async def under_an_event_loop() -> None:
+                send(4)  # a task has connections of its own
+
+            asyncio.run(under_an_event_loop())
+            assert [e.payload["order_id"] for e in captured] == [2, 3, 4]
+        assert [e.payload["order_id"] for e in captured] == [2, 3, 4, 1]  # on commit
+        with transaction.atomic(using="sqlite"):
+            send(5, using="sqlite")
+            assert len(captured) == 4
+        assert captured[-1].payload["order_id"] == 5
+
+
+def test_isolated_undoes_the_blocks_registrations_and_keeps_the_earlier_ones() -> None:
+    kept, dropped = Signal(), Signal()
+    broadcaster.broadcast(kept, event="orders.kept", schema=OrderPlaced)
+    with registry.isolated():
+        broadcaster.broadcast(dropped, event="orders.dropped", schema=OrderPlaced)
+        broadcaster.subscribe("orders.dropped", schema=OrderPlaced)
+        assert {b.event for b in registry.broadcasts()} >= {"orders.kept", "orders.dropped"}
+    assert "orders.dropped" not in {b.event for b in registry.broadcasts()}
+    assert "orders.dropped" not in registry.subscriptions()
+    with capture_broadcasts() as captured:
+        dropped.send(sender=None, order_id=1, total=1, lines=LINES)  # no receiver left
+        kept.send(sender=None, order_id=2, total=1, lines=LINES)
+    assert captured.types == ["orders.kept"]
+
+
+def test_reset_forgets_every_registration_and_isolated_brings_the_earlier_ones_back() -> None:
+    signal = Signal()
+    broadcaster.broadcast(signal, event="orders.before_reset", schema=OrderPlaced)
+    with registry.isolated():
+        registry.reset()
+        assert registry.broadcasts() == []
+        assert registry.subscriptions() == {}
+        with capture_broadcasts() as captured:
+            signal.send(sender=None, order_id=1, total=1, lines=LINES)
+        assert captured == []
+    with capture_broadcasts() as captured:
+        signal.send(sender=None, order_id=2, total=1, lines=LINES)
+    assert captured.types == ["orders.before_reset"]

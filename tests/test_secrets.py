@@ -34,8 +34,9 @@ from broadcaster.consumer import Consumer
 from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import BrokerUnavailable, ConfigurationError, FlushTimeout
 from broadcaster.models import OutboxEvent
-from broadcaster.publisher import Publisher, reset_publisher
+from broadcaster.publisher import Publisher
 from broadcaster.settings import BroadcasterSettings, get_settings
+from broadcaster.transport import reset_publisher
 from tests.broker_admin import vhost_user
 from tests.integration.tls_broker import free_port
 

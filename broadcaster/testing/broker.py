@@ -24,7 +24,6 @@ import pika
 from broadcaster import failures, signing
 from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.envelope import JSON, Envelope, OutboundMessage, properties_for
-from broadcaster.publisher import use_transport
 from broadcaster.registry import Subscription, subscriptions
 from broadcaster.settings import BroadcasterSettings, get_settings
 from broadcaster.settlement import Verdict, settle
@@ -32,6 +31,7 @@ from broadcaster.testing.capture import Capture, _body
 from broadcaster.testing.exchanges import Exchanges, service_network
 from broadcaster.testing.records import DeadLetter, Handled, Message, Retry
 from broadcaster.topology import Topology
+from broadcaster.transport import use_transport
 
 __all__ = ["InMemoryBroker"]
 

@@ -20,9 +20,9 @@ from broadcaster.dispatch import Action, Outcome, dispatch
 from broadcaster.envelope import Envelope, OutboundMessage, properties_for
 from broadcaster.exceptions import RejectedMessage
 from broadcaster.payload import dump
-from broadcaster.publisher import use_transport
 from broadcaster.registry import subscriptions
 from broadcaster.settings import get_settings
+from broadcaster.transport import use_transport
 
 __all__ = ["Capture", "CapturedEvent", "capture_broadcasts", "deliver"]
 

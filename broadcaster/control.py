@@ -28,7 +28,7 @@ import pika
 import pika.exceptions
 
 from broadcaster import connection, observability
-from broadcaster.exceptions import BrokerUnavailable, PublishError
+from broadcaster.exceptions import BrokerRefused, BrokerUnavailable
 from broadcaster.killswitch import KillSwitch, Pause
 from broadcaster.settings import BroadcasterSettings
 
@@ -85,14 +85,16 @@ class Control:
     def attach(self, conn: pika.BlockingConnection, channel: Any) -> None:
         """On a new connection: read the recorded pause, listen for commands, consume unless paused."""
         self._channel, self._tags = channel, []
-        if _exists(conn, paused_marker(self._settings)):
-            self._commands.append(PAUSE)
-        elif self._held_remotely:
-            self._commands.append(RESUME)  # resumed while this daemon was away
+        # Listen first, then read the marker: a --pause that marks after the read sends
+        # its command after the binding too, so this daemon sees one or the other.
         queue = f"{control_exchange(self._settings)}.{self._name}"
         channel.exchange_declare(control_exchange(self._settings), exchange_type="fanout", durable=True)
         channel.queue_declare(queue, exclusive=True, auto_delete=True)
         channel.queue_bind(queue, control_exchange(self._settings))
+        if _exists(conn, paused_marker(self._settings)):
+            self._commands.append(PAUSE)
+        elif self._held_remotely:
+            self._commands.append(RESUME)  # resumed while this daemon was away
         channel.basic_consume(queue, self._on_command, auto_ack=True)
         self.apply()
 
@@ -182,7 +184,7 @@ def send_command(settings: BroadcasterSettings, command: str) -> bool:
     """Record `command` (pause or resume) for the service's daemons and send it to the running ones.
 
     Returns whether a running daemon was there to receive it. Raises BrokerUnavailable,
-    or PublishError when the broker refuses (a user without the service's permissions).
+    or BrokerRefused when the broker refuses (a user without the service's permissions).
     """
     try:
         conn = connection.connect_blocking(connection.Nodes(settings, "control"))
@@ -206,7 +208,7 @@ def send_command(settings: BroadcasterSettings, command: str) -> bool:
             return False
         return True
     except pika.exceptions.AMQPError as exc:  # refused: permissions, or another user than the service's
-        raise PublishError(f"the broker refused the {command} command: {connection.describe(exc)}") from exc
+        raise BrokerRefused(f"the broker refused the {command} command: {connection.describe(exc)}") from exc
     finally:
         connection.close_quietly(conn)
 

@@ -30,8 +30,11 @@ class Channel:
         self.on_command: Any = None
 
     def exchange_declare(self, name: str, passive: bool = False, **kwargs: Any) -> None:
-        if passive and not self.marker:
-            raise pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND")
+        if passive:
+            self.calls.append(("read_marker", name))
+            if not self.marker:
+                raise pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND")
+            return
         self.calls.append(("exchange_declare", name))
 
     def queue_declare(self, name: str, **kwargs: Any) -> None:
@@ -97,6 +100,14 @@ def test_attach_listens_on_an_exclusive_queue_of_its_own_and_consumes() -> None:
     assert ("queue_bind", (queue, "orders.control")) in channel.calls
     assert gate.consuming
     assert daemon.started == 1
+
+
+def test_a_starting_daemon_listens_before_it_reads_the_pause_marker() -> None:
+    # --pause marks, then sends: a daemon bound before reading the marker misses neither.
+    _, channel, _ = attached()
+    names = [call for call, _ in channel.calls]
+    assert names.index("queue_bind") < names.index("read_marker")
+    assert ("read_marker", "orders.paused") in channel.calls
 
 
 def test_a_recorded_pause_keeps_a_starting_daemon_from_consuming() -> None:

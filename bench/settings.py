@@ -41,5 +41,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"stderr": {"class": "logging.StreamHandler"}},
-    "loggers": {"broadcaster": {"handlers": ["stderr"], "level": os.environ.get("BENCH_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "broadcaster": {"handlers": ["stderr"], "level": os.environ.get("BENCH_LOG_LEVEL", "INFO")},
+        # The line per event, as FastStream's per-message lines are off: start, stop and
+        # failures are still logged.
+        "broadcaster.events": {"level": "WARNING"},
+    },
 }

@@ -45,6 +45,13 @@ def topology_lines(
         f"exchange {topology.exchange} (durable topic; routing key = event type)",
         *(f"  publishes {event}" for event in published),
     ]
+    if settings.unrouted_queue is not None:
+        alternate = dict(topology.exchange_arguments)["alternate-exchange"]
+        lines += [
+            f"exchange {alternate} (fanout; alternate exchange of {topology.exchange}: what no queue takes)",
+            f"queue {settings.unrouted_queue} ({topology.queue_type}, durable; UNROUTED_QUEUE)",
+            f"  bound to {alternate}",
+        ]
     if not subscribed:
         return [*lines, "no subscriptions: no queues"]
     lines += [
@@ -110,11 +117,17 @@ def permission_commands(
             _escape(Partitions.for_settings(settings).exchange),
             _escape(topology.queue) + r"\.partition\.[0-9]+",
         ]
+    if settings.unrouted_queue is not None:
+        # Every service declares EXCHANGE with its alternate exchange, which the broker
+        # allows with read on EXCHANGE and write on the alternate; then the alternate and
+        # the parking queue, and the binding between them (read on the alternate, write on
+        # the queue).
+        own += [_escape(dict(topology.exchange_arguments)["alternate-exchange"]), _escape(settings.unrouted_queue)]
     configure = _anchored([*own, *patterns])
     write = _anchored([*own, *patterns])
     # Declaring a queue with a dead-letter exchange needs read on the queue, so the retry
     # queues are readable too; binding needs read on the exchange.
-    read = _anchored([*own, *patterns]) if subscribed else _NOTHING
+    read = _anchored([*own, *patterns]) if subscribed or settings.unrouted_queue is not None else _NOTHING
     return [
         f"# A broker user for service {settings.service_name!r} on vhost {host!r}: it may declare, write and read",
         f"# only exchange {topology.exchange!r} and its own queues, and publish only the events it broadcasts.",

@@ -62,13 +62,13 @@ def _apply(printed: str, password: str) -> list[str]:
 
 
 @pytest.fixture
-def restricted(service: Callable[..., Service]) -> Iterator[Callable[[str, str], Restricted]]:
+def restricted(service: Callable[..., Service]) -> Iterator[Callable[..., Restricted]]:
     """Factory: a service whose user is made from its own `--permissions` output; users deleted afterwards."""
     made: list[Restricted] = []
     users: list[str] = []
 
-    def make(name: str, role: str) -> Restricted:
-        one = service(name, role)
+    def make(name: str, role: str, **settings: str) -> Restricted:
+        one = service(name, role, **settings)
         user, password = unique(f"perm-{name}"), strong_password()
         users.append(user)
         printed = one.manage("broadcaster_topology", "--permissions", "--user", user)
@@ -175,3 +175,24 @@ def test_a_subscribing_service_cannot_write_into_another_service_s_queue(
     # no service's user needs the default exchange, which reaches every queue of the vhost.
     _refused(lambda: a.channel().basic_publish("", b.service.queue, b'{"n": 99}', forged))
     _refused(lambda: a.channel().basic_publish(f"{b.service.queue}.requeue", b.service.queue, b'{"n": 99}', forged))
+
+
+def test_with_unrouted_queue_a_producer_declares_and_parks_what_no_queue_takes(
+    restricted: Callable[..., Restricted], rabbit: Broker
+) -> None:
+    parking = unique(f"{rabbit.exchange}.parking")
+    rabbit.queues.add(parking)
+    rabbit.channel.exchange_delete(rabbit.exchange)  # declared again below, with its alternate exchange
+    producer = restricted("u", "producer", UNROUTED_QUEUE=parking)
+    printed = producer.service.manage("broadcaster_topology")
+    assert f"queue {parking} (classic, durable; UNROUTED_QUEUE)" in printed
+    try:
+        # The release step, as the producer's own user: EXCHANGE with its alternate, the queue.
+        producer.service.manage("broadcaster_topology", "--apply")
+        producer.service.fire("ping", {"n": 1})  # no queue is bound to relay.ping
+        [parked] = rabbit.take(parking, 1)
+        assert parked.routing_key == "relay.ping"
+        # Read on the exchange serves its alternate exchange only: binding to an event stays refused.
+        _refused(lambda: producer.channel().queue_bind(parking, rabbit.exchange, routing_key="relay.pong"))
+    finally:
+        rabbit.channel.exchange_delete(f"{rabbit.exchange}.unrouted")

@@ -51,6 +51,8 @@ if "PUBLISH_MODE" in os.environ:
     BROADCASTER["PUBLISH_MODE"] = os.environ["PUBLISH_MODE"]
 if os.environ.get("REQUIRE_USER_ID") == "1":
     BROADCASTER["REQUIRE_USER_ID"] = True
+if "UNROUTED_QUEUE" in os.environ:
+    BROADCASTER["UNROUTED_QUEUE"] = os.environ["UNROUTED_QUEUE"]
 if "QUEUE_TYPE" in os.environ:
     BROADCASTER["QUEUE_TYPE"] = os.environ["QUEUE_TYPE"]
 if os.environ.get("LOG_CONNECTIONS"):

@@ -45,13 +45,7 @@ def topology_lines(
         f"exchange {topology.exchange} (durable topic; routing key = event type)",
         *(f"  publishes {event}" for event in published),
     ]
-    if settings.unrouted_queue is not None:
-        alternate = dict(topology.exchange_arguments)["alternate-exchange"]
-        lines += [
-            f"exchange {alternate} (fanout; alternate exchange of {topology.exchange}: what no queue takes)",
-            f"queue {settings.unrouted_queue} ({topology.queue_type}, durable; UNROUTED_QUEUE)",
-            f"  bound to {alternate}",
-        ]
+    lines += _unrouted_lines(settings, topology)
     if not subscribed:
         return [*lines, "no subscriptions: no queues"]
     lines += [
@@ -118,11 +112,7 @@ def permission_commands(
             _escape(topology.queue) + r"\.partition\.[0-9]+",
         ]
     if settings.unrouted_queue is not None:
-        # Every service declares EXCHANGE with its alternate exchange, which the broker
-        # allows with read on EXCHANGE and write on the alternate; then the alternate and
-        # the parking queue, and the binding between them (read on the alternate, write on
-        # the queue).
-        own += [_escape(dict(topology.exchange_arguments)["alternate-exchange"]), _escape(settings.unrouted_queue)]
+        own += [_escape(name) for name in _unrouted_names(settings, topology)]
     configure = _anchored([*own, *patterns])
     write = _anchored([*own, *patterns])
     # Declaring a queue with a dead-letter exchange needs read on the queue, so the retry
@@ -135,6 +125,28 @@ def permission_commands(
         _command("add_user", name, PASSWORD_PLACEHOLDER),
         _command("set_permissions", "-p", host, name, configure, write, read),
         _command("set_topic_permissions", "-p", host, name, topology.exchange, _events(published), _events(subscribed)),
+    ]
+
+
+def _unrouted_names(settings: BroadcasterSettings, topology: Topology) -> tuple[str, str]:
+    """The alternate exchange of EXCHANGE and the queue behind it, with UNROUTED_QUEUE.
+
+    Every service declares EXCHANGE with its alternate, which the broker allows with read
+    on EXCHANGE and write on the alternate; then the alternate and the parking queue, and
+    the binding between them (read on the alternate, write on the queue).
+    """
+    assert settings.unrouted_queue is not None
+    return dict(topology.exchange_arguments)["alternate-exchange"], settings.unrouted_queue
+
+
+def _unrouted_lines(settings: BroadcasterSettings, topology: Topology) -> list[str]:
+    if settings.unrouted_queue is None:
+        return []
+    alternate, queue = _unrouted_names(settings, topology)
+    return [
+        f"exchange {alternate} (fanout; alternate exchange of {topology.exchange}: what no queue takes)",
+        f"queue {queue} ({topology.queue_type}, durable; UNROUTED_QUEUE)",
+        f"  bound to {alternate}",
     ]
 
 

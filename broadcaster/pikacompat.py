@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import importlib
 import logging
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from pika.adapters.select_connection import SelectConnection
+from pika.adapters.utils import nbio_interface
+from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
-__all__ = ["WRITE_BYTES", "BatchingConnection", "fast_path", "recheck"]
+__all__ = ["WRITE_BYTES", "BatchingConnection", "InPlaceResolver", "fast_path", "recheck"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,3 +159,51 @@ class BatchingConnection(SelectConnection):
         except OSError:
             return 0
         return sent
+
+
+class InPlaceResolver(SelectorIOServicesAdapter):  # type: ignore[type-arg]  # generic in the stubs only
+    """pika's I/O services for a SelectConnection, resolving the broker's address on the loop's own thread.
+
+    pika resolves a host on a thread of its own, and Python 3.12 refuses to start a thread
+    once the interpreter is shutting down: a process that sent events and exited before its
+    publisher had connected could then never connect in the flush at exit, and those events
+    were lost. Resolving in place blocks only the publisher's I/O thread, which has nothing
+    else to do before it is connected. Passed as ``custom_ioloop``, which pika accepts.
+    """
+
+    def getaddrinfo(  # noqa: PLR0917 - pika's signature
+        self,
+        host: bytearray | bytes | str | None,
+        port: str | int | None,
+        on_done: Callable[..., None],
+        family: int = 0,
+        socktype: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> nbio_interface.AbstractIOReference:
+        result: Any
+        try:
+            result = socket.getaddrinfo(
+                bytes(host) if isinstance(host, bytearray) else host, port, family, socktype, proto, flags
+            )
+        except Exception as exc:  # pika reports any failure to on_done, as its resolver thread does
+            result = exc
+        reference = _Once(lambda: on_done(result))
+        self.add_callback_threadsafe(reference.run)  # on_done runs from the loop, as pika expects
+        return reference
+
+
+class _Once(nbio_interface.AbstractIOReference):
+    """A callback that runs once, unless cancelled first."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback: Callable[[], None] | None = callback
+
+    def run(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+    def cancel(self) -> bool:
+        cancelled, self._callback = self._callback is not None, None
+        return cancelled

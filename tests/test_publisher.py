@@ -245,6 +245,41 @@ def test_process_flushes_at_exit(broker: Broker) -> None:
     assert numbers(broker, tap) == list(range(500))
 
 
+def test_events_sent_before_the_publisher_connected_are_delivered_at_exit(broker: Broker) -> None:
+    # The I/O thread starts late, as on a loaded machine: the process is already exiting
+    # when the publisher connects, and Python 3.12 starts no thread then (pika's own
+    # address resolver used one, so these events were lost).
+    tap = broker.tap()
+    script = textwrap.dedent(f"""
+        import time
+        import django
+        from django.conf import settings
+        settings.configure(INSTALLED_APPS=["broadcaster"],
+                           BROADCASTER={{"SERVICE_NAME": "exiting", "EXCHANGE": "{broker.exchange}"}})
+        django.setup()
+        from broadcaster import publisher
+        from broadcaster.envelope import Envelope, OutboundMessage
+        from broadcaster.transport import get_publisher
+
+        connect = publisher._Link.connect
+        def late(link):
+            time.sleep(0.5)
+            connect(link)
+        publisher._Link.connect = late
+        for n in range(3):
+            envelope = Envelope.new(source="exiting", type="tests.numbered")
+            get_publisher().publish(OutboundMessage(envelope, b'{{"n": %d}}' % n))
+        # no flush(): the exit hook must connect and deliver them
+    """)
+    env = {**os.environ, "BROADCASTER_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/%2F"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], check=False, env=env, timeout=60, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "never confirmed" not in result.stderr
+    assert numbers(broker, tap) == [0, 1, 2]
+
+
 @pytest.mark.faults
 def test_nothing_is_lost_when_the_broker_closes_every_connection_mid_burst(broker: Broker) -> None:
     tap = broker.tap()

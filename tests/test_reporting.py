@@ -60,7 +60,7 @@ def broker_secrets(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     }
     settings.ROOT_URLCONF = __name__
     # Django 6.1 takes addresses; (name, address) pairs are deprecated there.
-    settings.ADMINS = ["ops@example.com"] if django.VERSION >= (6, 1) else [("Ops", "ops@example.com")]
+    settings.ADMINS = ["ops@example.com"] if django.VERSION >= (6, 0) else [("Ops", "ops@example.com")]
     monkeypatch.setenv("BROADCASTER_BROKER_URL", URL)
     debug.get_default_exception_reporter_filter.cache_clear()  # Django caches the filter it made
     yield

@@ -111,8 +111,7 @@ def test_soak_under_random_faults(
     soak = Soak(injector, shipping, names)
     report = tmp_path / "report.json"
     count = COUNT[mode]
-    pace = RUN_SECONDS / count
-    fire = ["fire", "ping", "--sequence", "0", "--count", str(count), "--each", "--pace", str(pace)]
+    fire = ["fire", "ping", "--sequence", "0", "--count", str(count), "--each", "--seconds", str(RUN_SECONDS)]
     producer = orders.spawn(*fire, "--report", str(report), "--flush-timeout", "120")
     seed = random.randrange(2**32)
     soak.run(producer, random.Random(seed))

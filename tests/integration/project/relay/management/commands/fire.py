@@ -1,8 +1,8 @@
 """`manage.py fire SIGNAL --data JSON [--count N] [--rollback] [--no-flush]`: send a signal as app code would.
 
 The fault-injection tests add: ``--sequence START`` numbers the events (``n`` = START, START+1, ...),
-``--each`` sends each one in its own autocommit transaction (one every ``--pace`` seconds, or as
-fast as the sends go when they take longer), and
+``--each`` sends each one in its own autocommit transaction (``--pace`` seconds apart, or spread
+over ``--seconds`` on a schedule, however fast a send is), and
 ``--report FILE`` writes which numbers send() accepted and which it refused, and the slowest send().
 """
 
@@ -30,7 +30,8 @@ class Command(BaseCommand):
         parser.add_argument("--flush-timeout", type=float, default=10.0)
         parser.add_argument("--sequence", type=int, help="send n=SEQUENCE, SEQUENCE+1, ... in the payload")
         parser.add_argument("--each", action="store_true", help="no surrounding transaction: each send commits")
-        parser.add_argument("--pace", type=float, default=0.0, help="seconds from one send to the next (with --each)")
+        parser.add_argument("--pace", type=float, default=0.0, help="seconds to sleep between sends (with --each)")
+        parser.add_argument("--seconds", type=float, help="with --each: spread the sends over this long")
         parser.add_argument("--report", type=Path, help="with --each: write accepted/refused numbers as JSON")
         parser.add_argument("--max-refusals", type=int, help="with --each: stop after this many refused sends")
         parser.add_argument(
@@ -58,7 +59,8 @@ class Command(BaseCommand):
 
     def _each(self, options: dict[str, Any]) -> None:
         report: dict[str, Any] = {"accepted": [], "refused": [], "slowest": 0.0}
-        due = time.monotonic()  # a schedule, so the run lasts COUNT x PACE however fast a send is
+        spread = options["seconds"] / options["count"] if options["seconds"] else None
+        due = time.monotonic()
         for i in range(options["count"]):
             started = time.monotonic()
             try:
@@ -69,8 +71,11 @@ class Command(BaseCommand):
             report["slowest"] = max(report["slowest"], time.monotonic() - started)
             if options["max_refusals"] is not None and len(report["refused"]) >= options["max_refusals"]:
                 break
-            due += options["pace"]
-            time.sleep(max(0.0, due - time.monotonic()))
+            if spread is None:
+                time.sleep(options["pace"])
+            else:  # a schedule: the run lasts SECONDS on a fast machine, longer only on a slow one
+                due += spread
+                time.sleep(max(0.0, due - time.monotonic()))
         if options["report"] is not None:
             start = options["sequence"] or 0
             report["accepted"] = [start + i for i in report["accepted"]]

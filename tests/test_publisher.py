@@ -219,14 +219,26 @@ def test_forked_child_gets_its_own_publisher(broker: Broker) -> None:
     assert sorted(numbers(broker, tap)) == [1, 2]
 
 
-def test_process_flushes_at_exit(broker: Broker) -> None:
-    tap = broker.tap()
+def exit_after(broker: Broker, body: str) -> subprocess.CompletedProcess[str]:
+    """Run `body` in a fresh process configured for the test exchange, which exits without flush()."""
     script = textwrap.dedent(f"""
         import django
         from django.conf import settings
         settings.configure(INSTALLED_APPS=["broadcaster"],
                            BROADCASTER={{"SERVICE_NAME": "exiting", "EXCHANGE": "{broker.exchange}"}})
         django.setup()
+    """) + textwrap.dedent(body)
+    env = {**os.environ, "BROADCASTER_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/%2F"}
+    return subprocess.run(
+        [sys.executable, "-c", script], check=False, env=env, timeout=60, capture_output=True, text=True
+    )
+
+
+def test_process_flushes_at_exit(broker: Broker) -> None:
+    tap = broker.tap()
+    result = exit_after(
+        broker,
+        """
         from django.dispatch import Signal
         from pydantic import BaseModel
         import broadcaster
@@ -239,9 +251,9 @@ def test_process_flushes_at_exit(broker: Broker) -> None:
         for n in range(500):
             signal.send(sender=None, n=n)
         # no flush(): the exit hook must deliver them
-    """)
-    env = {**os.environ, "BROADCASTER_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/%2F"}
-    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=60)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
     assert numbers(broker, tap) == list(range(500))
 
 
@@ -250,13 +262,10 @@ def test_events_sent_before_the_publisher_connected_are_delivered_at_exit(broker
     # when the publisher connects, and Python 3.12 starts no thread then (pika's own
     # address resolver used one, so these events were lost).
     tap = broker.tap()
-    script = textwrap.dedent(f"""
+    result = exit_after(
+        broker,
+        """
         import time
-        import django
-        from django.conf import settings
-        settings.configure(INSTALLED_APPS=["broadcaster"],
-                           BROADCASTER={{"SERVICE_NAME": "exiting", "EXCHANGE": "{broker.exchange}"}})
-        django.setup()
         from broadcaster import publisher
         from broadcaster.envelope import Envelope, OutboundMessage
         from broadcaster.transport import get_publisher
@@ -268,12 +277,9 @@ def test_events_sent_before_the_publisher_connected_are_delivered_at_exit(broker
         publisher._Link.connect = late
         for n in range(3):
             envelope = Envelope.new(source="exiting", type="tests.numbered")
-            get_publisher().publish(OutboundMessage(envelope, b'{{"n": %d}}' % n))
+            get_publisher().publish(OutboundMessage(envelope, b'{"n": %d}' % n))
         # no flush(): the exit hook must connect and deliver them
-    """)
-    env = {**os.environ, "BROADCASTER_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672/%2F"}
-    result = subprocess.run(
-        [sys.executable, "-c", script], check=False, env=env, timeout=60, capture_output=True, text=True
+        """,
     )
     assert result.returncode == 0, result.stderr
     assert "never confirmed" not in result.stderr

@@ -111,8 +111,10 @@ def permission_commands(
             _escape(Partitions.for_settings(settings).exchange),
             _escape(topology.queue) + r"\.partition\.[0-9]+",
         ]
-    if settings.unrouted_queue is not None:
-        own += [_escape(name) for name in _unrouted_names(settings, topology)]
+    if settings.unrouted_exchange is not None and settings.unrouted_queue is not None:
+        # Declaring EXCHANGE with its alternate needs read on EXCHANGE and write on the
+        # alternate; binding the parking queue, read on the alternate and write on the queue.
+        own += [_escape(settings.unrouted_exchange), _escape(settings.unrouted_queue)]
     configure = _anchored([*own, *patterns])
     write = _anchored([*own, *patterns])
     # Declaring a queue with a dead-letter exchange needs read on the queue, so the retry
@@ -128,21 +130,10 @@ def permission_commands(
     ]
 
 
-def _unrouted_names(settings: BroadcasterSettings, topology: Topology) -> tuple[str, str]:
-    """The alternate exchange of EXCHANGE and the queue behind it, with UNROUTED_QUEUE.
-
-    Every service declares EXCHANGE with its alternate, which the broker allows with read
-    on EXCHANGE and write on the alternate; then the alternate and the parking queue, and
-    the binding between them (read on the alternate, write on the queue).
-    """
-    assert settings.unrouted_queue is not None
-    return dict(topology.exchange_arguments)["alternate-exchange"], settings.unrouted_queue
-
-
 def _unrouted_lines(settings: BroadcasterSettings, topology: Topology) -> list[str]:
-    if settings.unrouted_queue is None:
+    alternate, queue = settings.unrouted_exchange, settings.unrouted_queue
+    if alternate is None or queue is None:
         return []
-    alternate, queue = _unrouted_names(settings, topology)
     return [
         f"exchange {alternate} (fanout; alternate exchange of {topology.exchange}: what no queue takes)",
         f"queue {queue} ({topology.queue_type}, durable; UNROUTED_QUEUE)",

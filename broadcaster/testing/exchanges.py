@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from broadcaster.registry import Subscription
 from broadcaster.settings import BroadcasterSettings
-from broadcaster.topology import Binding, Partitions, Plan, Topology, plan
+from broadcaster.topology import Binding, Plan, ServiceQueues, Topology, plan
 
 __all__ = ["Exchanges", "service_network", "topic_matches"]
 
@@ -102,15 +102,13 @@ def service_network(
 
     `extra` bindings (queue, exchange, routing key) are added, as ``queue_bind`` would.
     """
-    recorded = plan(settings, subscribed)
-    consumed = {settings.queue_name: Topology.for_settings(settings)} if subscribed else {}
-    instance = [event for event, sub in subscribed.items() if sub.fanout == "instance"]
-    if instance:
-        mine = Topology.for_instance(settings)
-        mine.declare(recorded, instance)
-        consumed[mine.queue] = mine
-    if any(sub.ordered for sub in subscribed.values()):
-        consumed.update((queue.queue, queue) for queue in Partitions.for_settings(settings).queues)
+    if subscribed:
+        queues = ServiceQueues.for_subscriptions(settings, subscribed)
+        recorded = Plan()
+        queues.declare(recorded)  # as the daemon does, its instance queue included
+        consumed = {topology.queue: topology for topology in queues.consumed}
+    else:
+        recorded, consumed = plan(settings, subscribed), {}
     exchanges = Exchanges(recorded)
     for queue, exchange, key in extra:
         exchanges.bind(queue, exchange, key)

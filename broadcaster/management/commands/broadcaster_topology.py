@@ -20,7 +20,7 @@ from broadcaster.exceptions import CONNECTION_LOST, BroadcasterError
 from broadcaster.permissions import permission_commands, topology_lines, vhost
 from broadcaster.registry import broadcasts, subscriptions
 from broadcaster.settings import BroadcasterSettings, get_settings
-from broadcaster.topology import Binding, declare_service, plan
+from broadcaster.topology import Binding, ServiceQueues, declare_service, plan
 
 EXIT_DIFFERENCES = 1
 EXIT_ERROR = 3
@@ -67,8 +67,8 @@ class Command(BaseCommand):
         # Nothing here talks to the broker: it only reads the settings and the registry.
         publishes = [receiver.event for receiver in broadcasts()]
         subscribes = list(subscriptions())
-        per_instance = [event for event, sub in subscriptions().items() if sub.fanout == "instance"]
-        ordered = [event for event, sub in subscriptions().items() if sub.ordered]
+        queues = ServiceQueues.for_subscriptions(settings, subscriptions())
+        per_instance, ordered = list(queues.instance_events), list(queues.ordered)
         if permissions:
             lines = permission_commands(settings, publishes, subscribes, user, per_instance, ordered_events=ordered)
         else:

@@ -22,7 +22,7 @@ import pika.exceptions
 from django.db import models
 from django.db.models.signals import post_save
 
-from broadcaster import connection, signing
+from broadcaster import connection, pikacompat, signing
 from broadcaster.envelope import JSON, OutboundMessage, properties_for
 from broadcaster.exceptions import (
     CONNECTION_LOST,
@@ -156,7 +156,7 @@ def connect(settings: BroadcasterSettings, target: Route) -> Iterator[tuple[Any,
     """(a blocking channel in confirm mode, the broker user) as the service; errors without the password."""
     params = connection.parameters(settings, "backfill")
     try:
-        conn = pika.BlockingConnection(params)
+        conn = pikacompat.blocking_connection(params)
     except CONNECTION_LOST as exc:
         raise BrokerUnavailable(
             f"cannot connect to the broker at {settings.redacted_broker_url}: "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pika
 import pika.exceptions
 
+from broadcaster import pikacompat
 from broadcaster.settings import BroadcasterSettings, redact_url, scrub
 
 __all__ = [
@@ -96,7 +97,7 @@ def connect_blocking(nodes: Nodes) -> pika.BlockingConnection:
     for _ in nodes.all:
         node = nodes.next()
         try:
-            conn = pika.BlockingConnection(node.params)
+            conn = pikacompat.blocking_connection(node.params)
         except _CONNECT_ERRORS as exc:
             logger.warning("%s cannot connect to %s: %s", nodes.role, node.label, describe(exc))
             nodes.failed()

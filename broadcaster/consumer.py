@@ -32,7 +32,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from broadcaster import connection, failures, observability, properties, transport
+from broadcaster import connection, failures, observability, pikacompat, properties, transport
 from broadcaster.connection import describe
 from broadcaster.control import Control
 from broadcaster.dispatch import Action, Outcome
@@ -321,7 +321,7 @@ class _Link:
         """Connect to the next node, open a channel with confirms and the prefetch, `attach`; return the node."""
         node = self.nodes.next()
         try:
-            conn = pika.BlockingConnection(node.params)
+            conn = pikacompat.blocking_connection(node.params)
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot connect to the broker at {node.label}: {describe(exc)}") from exc
         try:

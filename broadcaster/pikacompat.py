@@ -1,4 +1,4 @@
-"""pika's private names, in one place: the publisher's fast path, or pika's public path.
+"""pika's private names and quirks, in one place: the publisher's fast path, or pika's public path.
 
 The publisher joins the frames of a batch of publishes through pika's adapter hook
 ``SelectConnection._adapter_emit_data`` and writes them straight to the socket of a plain
@@ -9,6 +9,10 @@ drop any of them. So they are looked up once, at the first connection (never at 
 and when one is missing, or a write finds an attribute gone, the fast path turns itself
 off for the process (logged once) and every frame takes pika's public path: correct,
 only slower. The range of pika versions tested is declared in ``pyproject.toml``.
+
+One quirk is mended for every client: a socket the broker resets just after the TCP
+handshake makes pika raise ValueError (see `IOServices` and `blocking_connection`), which
+the clients would take for a bug and not for the failed connection attempt it is.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pika
+import pika.exceptions
 from pika.adapters.select_connection import SelectConnection
 from pika.adapters.utils import nbio_interface
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
-__all__ = ["WRITE_BYTES", "BatchingConnection", "InPlaceResolver", "fast_path", "recheck"]
+__all__ = ["WRITE_BYTES", "BatchingConnection", "IOServices", "blocking_connection", "fast_path", "recheck"]
 
 logger = logging.getLogger(__name__)
 
@@ -161,14 +167,21 @@ class BatchingConnection(SelectConnection):
         return sent
 
 
-class InPlaceResolver(SelectorIOServicesAdapter):  # type: ignore[type-arg]  # generic in the stubs only
-    """pika's I/O services for a SelectConnection, resolving the broker's address on the loop's own thread.
+class IOServices(SelectorIOServicesAdapter):  # type: ignore[type-arg]  # generic in the stubs only
+    """pika's I/O services for the publisher's SelectConnection, with two of pika's failures mended.
 
-    pika resolves a host on a thread of its own, and Python 3.12 refuses to start a thread
-    once the interpreter is shutting down: a process that sent events and exited before its
-    publisher had connected could then never connect in the flush at exit, and those events
-    were lost. Resolving in place blocks only the publisher's I/O thread, which has nothing
-    else to do before it is connected. Passed as ``custom_ioloop``, which pika accepts.
+    - The broker's address is resolved on the loop's own thread. pika resolves on a thread
+      of its own, and Python 3.12 refuses to start a thread once the interpreter is shutting
+      down: a process that sent events and exited before its publisher had connected could
+      then never connect in the flush at exit, and those events were lost. Resolving in
+      place blocks only the publisher's I/O thread, which has nothing else to do before it
+      is connected.
+    - A socket the broker resets just after the TCP handshake (a node pausing or shutting
+      down does) makes pika raise ValueError out of the I/O loop instead of reporting a
+      failed attempt; the publisher's thread would end with it. Here it is reported to
+      pika as the connection error it is, and the publisher reconnects.
+
+    Passed as ``custom_ioloop``, which pika accepts.
     """
 
     def getaddrinfo(  # noqa: PLR0917 - pika's signature
@@ -188,9 +201,50 @@ class InPlaceResolver(SelectorIOServicesAdapter):  # type: ignore[type-arg]  # g
             )
         except Exception as exc:  # pika reports any failure to on_done, as its resolver thread does
             result = exc
+        return self._later(on_done, result)
+
+    def create_streaming_connection(
+        self,
+        protocol_factory: Callable[[], nbio_interface.AbstractStreamProtocol],
+        sock: socket.socket,
+        on_done: Callable[..., None],
+        ssl_context: Any = None,
+        server_hostname: str | None = None,
+    ) -> nbio_interface.AbstractIOReference:
+        try:
+            return super().create_streaming_connection(protocol_factory, sock, on_done, ssl_context, server_hostname)
+        except ValueError as exc:
+            reset = reset_while_connecting(exc)
+            if reset is None:
+                raise
+            return self._later(on_done, reset)  # pika has closed the socket
+
+    def _later(self, on_done: Callable[..., None], result: Any) -> nbio_interface.AbstractIOReference:
+        """Call on_done(result) from the loop, as pika expects of these services."""
         reference = _Once(lambda: on_done(result))
-        self.add_callback_threadsafe(reference.run)  # on_done runs from the loop, as pika expects
+        self.add_callback_threadsafe(reference.run)
         return reference
+
+
+def reset_while_connecting(exc: ValueError) -> OSError | None:
+    """The socket error behind pika's ValueError for a socket reset mid-connect, else None.
+
+    pika checks a new socket with getpeername() and turns its OSError (ENOTCONN once the
+    peer has reset it) into a ValueError raised while handling it.
+    """
+    cause = exc.__context__
+    return cause if isinstance(cause, OSError) else None
+
+
+def blocking_connection(params: pika.connection.Parameters) -> pika.BlockingConnection:
+    """pika.BlockingConnection(params), a socket reset mid-connect raised as the AMQPConnectionError it is."""
+    try:
+        return pika.BlockingConnection(params)
+    except ValueError as exc:
+        reset = reset_while_connecting(exc)
+        if reset is None:
+            raise
+        raise pika.exceptions.AMQPConnectionError(f"the connection was reset as it opened ({reset})") from exc
 
 
 class _Once(nbio_interface.AbstractIOReference):

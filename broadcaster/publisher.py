@@ -248,7 +248,7 @@ class _Link:
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
-            custom_ioloop=pikacompat.InPlaceResolver(self._ioloop),
+            custom_ioloop=pikacompat.IOServices(self._ioloop),
         )
 
     def drop(self) -> None:

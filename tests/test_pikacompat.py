@@ -1,21 +1,28 @@
-"""pika's private names: the fast path while they are there, pika's public path when they are not."""
+"""pika's private names and quirks: the fast path while the names are there, pika's public path
+when they are not; a socket reset mid-connect is a failed connection attempt, never a crash."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import socket
 import subprocess
 import sys
+import threading
 import types
 from collections.abc import Iterator
 from typing import Any
 
+import pika
+import pika.exceptions
 import pytest
 from pika.adapters.utils import io_services_utils
 
 from broadcaster import pikacompat
+from broadcaster.consumer import _Link
 from broadcaster.envelope import Envelope, OutboundMessage
+from broadcaster.exceptions import BrokerUnavailable
 from broadcaster.publisher import Publisher
 from broadcaster.settings import get_settings
 from tests.conftest import Broker
@@ -110,3 +117,64 @@ def test_import_works_whatever_pika_calls_its_internals() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def reset_as_they_connect(monkeypatch: pytest.MonkeyPatch, times: int) -> list[str]:
+    """The next `times` new sockets lose their peer between the TCP handshake and pika's check of it.
+
+    That is what a RabbitMQ node pausing (pause_minority) or stopping does to a client that
+    reaches it at that moment. Returns the names of the threads whose sockets were reset.
+    """
+    reset: list[str] = []
+    original = socket.socket.getpeername
+
+    def getpeername(sock: socket.socket) -> Any:
+        if len(reset) < times:
+            reset.append(threading.current_thread().name)
+            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+        return original(sock)
+
+    monkeypatch.setattr(socket.socket, "getpeername", getpeername)
+    return reset
+
+
+def test_a_blocking_connection_reset_as_it_opens_is_a_connection_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        reset = reset_as_they_connect(monkeypatch, 1)
+        url = f"amqp://guest:guest@127.0.0.1:{server.getsockname()[1]}/%2F?connection_attempts=1"
+        with pytest.raises(pika.exceptions.AMQPConnectionError, match="reset as it opened"):
+            pikacompat.blocking_connection(pika.URLParameters(url))
+    assert len(reset) == 1
+
+
+def test_the_daemon_takes_a_reset_as_it_connects_for_an_unreachable_node(
+    monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        reset_as_they_connect(monkeypatch, 1)
+        url = f"amqp://guest:guest@127.0.0.1:{server.getsockname()[1]}/%2F"
+        settings.BROADCASTER = {**settings.BROADCASTER, "BROKER_URL": url}
+        with pytest.raises(BrokerUnavailable, match="reset as it opened"):
+            _Link(get_settings(), prefetch=1).open(lambda conn, channel: None)
+
+
+def test_only_a_value_error_raised_over_a_socket_error_is_taken_for_a_reset() -> None:
+    assert pikacompat.reset_while_connecting(ValueError("a bad argument")) is None
+    reset = OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+    raised = ValueError("Expected connected socket")
+    raised.__context__ = reset  # as pika raises it, while handling the socket's error
+    assert pikacompat.reset_while_connecting(raised) is reset
+
+
+def test_the_publisher_reconnects_after_a_reset_as_it_connects(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    tap = broker.tap()
+    reset = reset_as_they_connect(monkeypatch, 2)
+    publisher = Publisher(get_settings())
+    try:
+        for n in range(50):
+            publisher.publish(message(n))
+        publisher.flush(20)  # pika's ValueError used to end the I/O thread: nothing was ever sent
+    finally:
+        publisher.close(5)
+    assert reset == ["broadcaster-publisher"] * 2
+    assert [json.loads(m.body)["n"] for m in broker.drain(tap)] == list(range(50))

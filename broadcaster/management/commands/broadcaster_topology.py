@@ -14,7 +14,7 @@ import pika
 import pika.exceptions
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from broadcaster import connection
+from broadcaster import connection, pikacompat
 from broadcaster.brokerstate import Difference, ManagementApi, compare
 from broadcaster.exceptions import CONNECTION_LOST, BroadcasterError
 from broadcaster.permissions import permission_commands, topology_lines, vhost
@@ -134,7 +134,7 @@ class _BrokerChannel:
 
     def __enter__(self) -> Any:
         try:
-            self._connection = pika.BlockingConnection(connection.parameters(self._settings, "topology"))
+            self._connection = pikacompat.blocking_connection(connection.parameters(self._settings, "topology"))
             return self._connection.channel()
         except CONNECTION_LOST as exc:
             raise CommandError(self._message("cannot connect to", exc), returncode=EXIT_ERROR) from exc

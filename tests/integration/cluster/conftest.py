@@ -20,6 +20,7 @@ import pika
 import pika.exceptions
 import pytest
 
+from broadcaster import pikacompat
 from tests.integration.conftest import Broker, _release
 from tests.integration.tls_broker import unavailable_reason
 
@@ -54,7 +55,8 @@ def node_eval(node: int, expression: str) -> str:
 def serving(node: int) -> bool:
     """Whether node `node` accepts AMQP connections (a paused node does not)."""
     try:
-        pika.BlockingConnection(pika.URLParameters(URLS[node - 1] + "?connection_attempts=1")).close()
+        # A pausing node may reset the socket as it opens (see pikacompat.blocking_connection).
+        pikacompat.blocking_connection(pika.URLParameters(URLS[node - 1] + "?connection_attempts=1")).close()
     except pika.exceptions.AMQPConnectionError:
         return False
     return True

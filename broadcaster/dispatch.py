@@ -7,13 +7,11 @@ can run the same path without a broker.
 from __future__ import annotations
 
 import enum
-import json
 import logging
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pika
@@ -21,7 +19,7 @@ from django.dispatch import Signal
 from pydantic import ValidationError
 
 from broadcaster import failures, jsondepth, observability, signing
-from broadcaster.envelope import Envelope, IncomingMessage, decode
+from broadcaster.envelope import Envelope, IncomingMessage, decode, exact_json
 from broadcaster.exceptions import HopLimitExceeded, RejectedMessage
 from broadcaster.failures import Reason
 from broadcaster.payload import field_value, schema_major
@@ -163,13 +161,15 @@ def _check_publisher(
 
 def _readable_major(envelope: Envelope, subscription: Subscription) -> int:
     """The payload's major version, if this subscription can read it; else RejectedMessage."""
-    version = envelope.schema_version
+    version, ours = envelope.schema_version, subscription.major
     if version is None:
-        return subscription.major  # other CloudEvents producers send none: read as ours
+        return ours  # other CloudEvents producers send none: read as ours
     major = schema_major(version)
-    missing = [] if major is None else [k for k in range(major, subscription.major) if k not in subscription.upcasters]
-    if major is None or major > subscription.major or missing:
-        why = f"no upcaster from major version {missing[0]}" if missing else f"it reads major {subscription.major}"
+    if major == ours:
+        return major
+    missing = [] if major is None else [k for k in range(major, ours) if k not in subscription.upcasters]
+    if major is None or major > ours or missing:
+        why = f"no upcaster from major version {missing[0]}" if missing else f"it reads major {ours}"
         raise RejectedMessage(
             Reason.UNSUPPORTED_SCHEMA_VERSION,
             f"schema version {version[:20]!r} of {envelope.type!r} cannot be read by this service ({why})",
@@ -195,7 +195,7 @@ def _validate(subscription: Subscription, message: IncomingMessage) -> dict[str,
             raise RejectedMessage(Reason.NOT_JSON, f"body is not valid JSON: {errors[0]['msg']}") from exc
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(payload)'}: {e['msg']}" for e in errors[:10])
         raise RejectedMessage(Reason.SCHEMA_VIOLATION, f"{subscription.event}: {detail}") from exc
-    return {name: getattr(payload, name) for name in type(payload).model_fields}
+    return {name: getattr(payload, name) for name in subscription.field_names}
 
 
 def _parse(data: bytes | object) -> object:
@@ -203,7 +203,7 @@ def _parse(data: bytes | object) -> object:
     if not isinstance(data, bytes):
         return data
     try:
-        return json.loads(data, parse_float=Decimal)
+        return exact_json(data)
     except (ValueError, RecursionError) as exc:
         raise RejectedMessage(Reason.NOT_JSON, f"body is not valid JSON: {exc}") from exc
     except ArithmeticError as exc:  # decimal.InvalidOperation: an exponent past what Decimal holds
@@ -281,11 +281,20 @@ def current_envelope() -> Envelope | None:
     return current[1] if current else None
 
 
-@contextmanager
-def handling(signal: Signal, envelope: Envelope) -> Iterator[None]:
+def handling(signal: Signal, envelope: Envelope) -> AbstractContextManager[None]:
     """Mark `signal` as re-emitting the remote event of `envelope` for the block."""
-    token = re_emitting.set((signal, envelope))
-    try:
-        yield
-    finally:
-        re_emitting.reset(token)
+    return _Handling(signal, envelope)
+
+
+class _Handling:
+    # A class rather than @contextmanager: it runs for every event the daemon handles.
+    __slots__ = ("_current", "_token")
+
+    def __init__(self, signal: Signal, envelope: Envelope) -> None:
+        self._current = (signal, envelope)
+
+    def __enter__(self) -> None:
+        self._token = re_emitting.set(self._current)
+
+    def __exit__(self, *exc_info: object) -> None:
+        re_emitting.reset(self._token)

@@ -31,6 +31,7 @@ __all__ = [
     "attribute_text",
     "decode",
     "envelope_from_headers",
+    "exact_json",
     "properties_for",
 ]
 
@@ -40,6 +41,7 @@ STRUCTURED_JSON = "application/cloudevents+json"
 _JSON_TYPES = frozenset({JSON, "text/json"})
 _REQUIRED = ("id", "source", "type", "specversion")
 _DELIVERY_MODE_PERSISTENT = 2
+_EXACT_JSON = json.JSONDecoder(parse_float=Decimal)  # json.loads(parse_float=...) builds one per call
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,8 +289,15 @@ def _binary(headers: Mapping[str, Any]) -> dict[str, str]:
     for key, value in headers.items():
         name = str(key).lower()
         if name.startswith("ce-"):
-            attributes[name[3:]] = attribute_text(name, value)
+            attributes[name[3:]] = value if type(value) is str else attribute_text(name, value)
     return attributes
+
+
+def exact_json(document: bytes | str) -> Any:
+    """JSON as Python values, as json.loads() reads it, but numbers with a fraction as exact Decimals."""
+    if isinstance(document, bytes):
+        document = document.decode(json.detect_encoding(document), "surrogatepass")
+    return _EXACT_JSON.decode(document)
 
 
 def attribute_text(name: str, value: object) -> str:
@@ -308,7 +317,7 @@ def attribute_text(name: str, value: object) -> str:
 def _structured(body: bytes) -> tuple[dict[str, str], object]:
     jsondepth.check(body, enclosing=1)
     try:
-        document = json.loads(body, parse_float=Decimal)
+        document = exact_json(body)
     except (ValueError, RecursionError) as exc:
         raise RejectedMessage(Reason.NOT_JSON, f"structured CloudEvent is not valid JSON: {exc}") from exc
     except ArithmeticError as exc:  # decimal.InvalidOperation: an exponent past what Decimal holds

@@ -305,12 +305,12 @@ def _sealed(
 
 def _verified(properties: pika.BasicProperties, body: bytes, settings: BroadcasterSettings) -> dict[str, object] | None:
     """Our headers of a copy this service sealed, or None if the message is not one."""
-    if properties.user_id != settings.broker_user:
-        return None  # cheap, and the broker-validated half of the proof
     headers = properties.headers or {}
     seal = headers.get(SEAL)
     if not isinstance(seal, str):
-        return None
+        return None  # a first delivery: the cheapest test, done for every message
+    if properties.user_id != settings.broker_user:
+        return None  # the broker-validated half of the proof
     ours = {str(name): value for name, value in headers.items() if is_internal(name) and name != SEAL}
     if not all(isinstance(value, str) or _is_integer(value) for value in ours.values()):
         return None

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -164,17 +164,17 @@ def set_paused(paused: bool, reason: str | None = None) -> None:
 
 def handled(envelope: Envelope | None, event: str, outcome: str, reason: str, seconds: float) -> None:
     """Log and count one message the daemon finished with."""
-    fields = {
-        "event": event,
-        "id": envelope.id if envelope else None,
-        "source": envelope.source if envelope else None,
-        "attempt": envelope.attempt if envelope else None,
-        "outcome": outcome,
-        "reason": reason or None,
-        "duration_ms": round(seconds * 1000, 3),
-    }
     level = logging.INFO if outcome == "acked" else logging.WARNING
     if events_logger.isEnabledFor(level):
+        fields = {
+            "event": event,
+            "id": envelope.id if envelope else None,
+            "source": envelope.source if envelope else None,
+            "attempt": envelope.attempt if envelope else None,
+            "outcome": outcome,
+            "reason": reason or None,
+            "duration_ms": round(seconds * 1000, 3),
+        }
         text = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
         events_logger.log(level, "handled %s", text, extra={"broadcaster": fields})
     if metrics := _get_metrics():
@@ -195,12 +195,21 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
-@contextmanager
-def receiving(envelope: Envelope) -> Iterator[None]:
+def receiving(envelope: Envelope) -> AbstractContextManager[None]:
     """Run the receivers of a remote event in a span continuing its sender's trace."""
     if trace is None or propagate is None or otel_context is None or not _tracing_configured():
-        yield
-        return
+        return _NO_SPAN
+    return _receive_span(envelope)
+
+
+_NO_SPAN = nullcontext()  # reusable: what receiving() is without tracing, for every event
+
+
+@contextmanager
+def _receive_span(envelope: Envelope) -> Iterator[None]:
+    assert trace is not None  # checked by receiving()
+    assert propagate is not None
+    assert otel_context is not None
     parent = propagate.extract({"traceparent": envelope.traceparent} if envelope.traceparent else {})
     token = otel_context.attach(parent)
     try:

@@ -9,6 +9,7 @@ undo their registrations with `isolated()`, or start from none with `reset()`.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -60,12 +61,17 @@ class Subscription:
     ordered: bool = False  # events of one partition key are handled one at a time, in order
     version_field: str | None = None  # with ordered: skip an event older than one already applied
 
-    @property
+    @functools.cached_property
     def major(self) -> int:
         """Major version of the schema; messages of another major are not read."""
         major = schema_major(self.schema_version)
         assert major is not None, self.schema_version  # subscribe() checked it
         return major
+
+    @functools.cached_property
+    def field_names(self) -> tuple[str, ...]:
+        """The schema's fields, the keyword arguments its receivers get (read once: every event needs them)."""
+        return tuple(self.schema.model_fields)
 
 
 _Registration = tuple[int, str, object]  # id of the signal, event, sender

@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--count", type=int, default=20_000, help="events per throughput measurement")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the publish and consume scenarios")
-    parser.add_argument("--work-rounds", type=int, default=3, help="rounds of daemon / raw pika / FastStream work")
+    parser.add_argument("--work-rounds", type=int, default=5, help="rounds of daemon / raw pika / FastStream work")
     parser.add_argument("--samples", type=int, default=10_000, help="send() calls timed for the caller overhead")
     parser.add_argument("--rate", type=float, default=500.0, help="events per second of the latency scenario")
     parser.add_argument("--seconds", type=float, default=60.0, help="duration of the latency scenario")

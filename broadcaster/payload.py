@@ -9,7 +9,8 @@ still get the fields by their Python names.
 serialized form its validation rejects for a reason visible on the class itself: a
 field sent under a key validation does not read, a required field excluded from the
 output, a default its own type rejects (``v: int = None`` sends ``null``), a computed
-field sent to a model that forbids unknown keys. A serializer that changes a value's
+field sent to a model that forbids unknown keys, and in a broadcast's schema a secret
+type (sent as asterisks) without a serializer of its own. A serializer that changes a value's
 form is visible only through the JSON Schemas (when it declares its return type):
 `serialization_problems()` compares the schema's serialization-mode schema with its own
 validation-mode one, and the system check ``broadcaster.E010`` reports what it finds (a
@@ -19,18 +20,42 @@ be over-strict, and can be silenced).
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import AliasChoices, AliasPath, BaseModel, TypeAdapter, ValidationError
+from pydantic import (
+    AliasChoices,
+    AliasPath,
+    BaseModel,
+    PlainSerializer,
+    Secret,
+    SecretBytes,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    WrapSerializer,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from broadcaster.exceptions import RegistrationError
 
-__all__ = ["check_schema", "dump", "field_value", "schema_major", "serialization_problems"]
+__all__ = [
+    "check_schema",
+    "dump",
+    "field_value",
+    "may_send_non_finite",
+    "non_finite",
+    "schema_major",
+    "serialization_problems",
+]
+
+_SECRETS = (SecretStr, SecretBytes, Secret)
+_SERIALIZERS = (PlainSerializer, WrapSerializer)
+_CONTAINERS = (dict, list, tuple, set, frozenset)  # without arguments, they hold anything
 
 
 def dump(payload: BaseModel) -> bytes:
@@ -54,11 +79,15 @@ def schema_major(version: str) -> int | None:
     return int(head) if head.isascii() and head.isdigit() and len(head) < 6 else None
 
 
-def check_schema(schema: type[BaseModel]) -> None:
-    """Raise RegistrationError if `schema` sends a form its own validation rejects."""
+def check_schema(schema: type[BaseModel], *, sends: bool = True) -> None:
+    """Raise RegistrationError if `schema` sends a form its own validation rejects.
+
+    With `sends` (a broadcast's schema), also if it would send a secret's asterisks; a
+    subscriber may well read a plain string into a secret type.
+    """
     for model in _models(schema):
         for name, info in model.model_fields.items():
-            problem = _field_problem(model, name, info)
+            problem = _field_problem(model, name, info, sends=sends)
             if problem:
                 raise RegistrationError(f"{_where(schema, model)}field {name!r}: {problem}")
         if model.model_config.get("extra") == "forbid" and model.model_computed_fields:
@@ -83,11 +112,17 @@ def _where(schema: type[BaseModel], model: type[BaseModel]) -> str:
     return f"schema {schema.__qualname__}{inner}: "
 
 
-def _field_problem(model: type[BaseModel], name: str, info: FieldInfo) -> str | None:
+def _field_problem(model: type[BaseModel], name: str, info: FieldInfo, *, sends: bool) -> str | None:
     if info.exclude is True:
         if info.is_required():
             return "exclude=True on a required field: it is never sent, so every message is rejected"
         return None
+    if sends and _holds_secret(info.annotation) and not _serialized_by_hand(model, name, info):
+        return (
+            "a secret type is sent as '**********', never its value, so receivers would get the "
+            "asterisks; send the value with a field_serializer that returns get_secret_value(), "
+            "or leave the field out of the event"
+        )
     key = _sent_key(name, info)
     if key not in _read_keys(model, name, info):
         return (
@@ -137,6 +172,80 @@ def _default_problem(info: FieldInfo) -> str | None:
             f"its default is sent as {sent.decode()} but the field rejects it ({reason}); "
             "make the type optional (`int | None = None`) or the default valid"
         )
+    return None
+
+
+def _leaves(annotation: object) -> Iterator[object]:
+    """`annotation`, and for a generic its origin, its arguments and their leaves (Annotated's markers too)."""
+    yield annotation
+    origin = typing.get_origin(annotation)
+    if origin is not None:
+        yield origin
+    if origin is not None or isinstance(annotation, types.UnionType):
+        for argument in typing.get_args(annotation):
+            yield from _leaves(argument)
+
+
+def _holds_secret(annotation: object) -> bool:
+    return any(isinstance(leaf, type) and issubclass(leaf, _SECRETS) for leaf in _leaves(annotation))
+
+
+def _may_hold_float(annotation: object) -> bool:
+    if annotation is Any or annotation is object or annotation in _CONTAINERS:  # anything may be inside
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, float):
+        return True
+    if typing.get_origin(annotation) is typing.Literal:
+        return False
+    return any(_may_hold_float(argument) for argument in typing.get_args(annotation))
+
+
+def _serialized_by_hand(model: type[BaseModel], name: str, info: FieldInfo) -> bool:
+    """Whether a serializer of the user's writes the field (or the whole model)."""
+    decorators = model.__pydantic_decorators__
+    if decorators.model_serializers:
+        return True
+    if any(name in d.info.fields or "*" in d.info.fields for d in decorators.field_serializers.values()):
+        return True
+    markers = [*info.metadata, *_leaves(info.annotation)]
+    return any(isinstance(marker, _SERIALIZERS) for marker in markers)
+
+
+def may_send_non_finite(schema: type[BaseModel]) -> bool:
+    """Whether a payload of `schema` may hold a float that JSON cannot carry (sent as null).
+
+    False when no model of the schema has a field that may hold a float, or each that
+    does sets ``ser_json_inf_nan`` to a form of its own: then `non_finite()` is not needed.
+    """
+    for model in _models(schema):
+        if model.model_config.get("ser_json_inf_nan", "null") != "null":
+            continue
+        if any(_may_hold_float(info.annotation) for info in model.model_fields.values()):
+            return True
+    return False
+
+
+def non_finite(value: object, path: str = "") -> str | None:
+    """The path of the first infinite or NaN float in a validated payload, else None.
+
+    pydantic sends such a float as ``null``: the receiver would get None for a number, or
+    reject the event, so the producer refuses it instead.
+    """
+    items: Any
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path or "(payload)"
+    if isinstance(value, BaseModel):
+        items = [*value.__dict__.items(), *(value.__pydantic_extra__ or {}).items()]
+    elif isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = non_finite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
     return None
 
 

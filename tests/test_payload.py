@@ -8,12 +8,15 @@ schema whose serialized form its own validation rejects is refused when register
 from __future__ import annotations
 
 import itertools
+import math
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 import pytest
 from django.dispatch import Signal
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import (
     AliasChoices,
     AliasPath,
@@ -21,6 +24,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    Secret,
+    SecretStr,
     computed_field,
     create_model,
     field_serializer,
@@ -28,7 +33,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 import broadcaster
-from broadcaster import payload
+from broadcaster import payload, registry
 from broadcaster.dispatch import Action
 from broadcaster.testing import InMemoryBroker, deliver
 from schemas import OrderPlaced, OrderSaved, StockLow, StockReserved
@@ -287,6 +292,103 @@ def test_a_schema_whose_form_travels_is_accepted() -> None:
     broadcaster.subscribe("fine.schema", schema=Fine)
 
     assert Fine.model_validate_json(payload.dump(Fine(amount=1))) == Fine(amount=1)
+
+
+class WithSecret(BaseModel):
+    user: str
+    token: SecretStr
+
+
+class WithSecretsInside(BaseModel):
+    keys: list[Secret[int]] | None = None
+
+
+class SecretSentOnPurpose(BaseModel):
+    token: SecretStr
+
+    @field_serializer("token")
+    def _token(self, value: SecretStr) -> str:
+        return value.get_secret_value()
+
+
+@pytest.mark.parametrize(("schema", "field"), [(WithSecret, "token"), (WithSecretsInside, "keys")])
+def test_a_broadcast_schema_that_would_send_a_secrets_asterisks_is_refused(schema: type[BaseModel], field: str) -> None:
+    sent = payload.dump(WithSecret(user="u", token=SecretStr("s3cret")))
+    assert b"s3cret" not in sent  # what registration prevents: the receivers get '**********'
+
+    with pytest.raises(broadcaster.RegistrationError, match=rf"field '{field}': a secret type is sent as '\*+'"):
+        broadcaster.broadcast(Signal(), event="secret.schema", schema=schema)
+    broadcaster.subscribe("secret.schema", schema=schema)  # reading a string into a secret is fine
+
+
+def test_a_secret_with_a_serializer_of_its_own_is_sent() -> None:
+    received = _wire(SecretSentOnPurpose, "secret.sent")
+
+    with InMemoryBroker() as broker:
+        received.signal.send(sender=None, token="s3cret")
+
+    assert [o.action for o in broker.outcomes] == [Action.ACK]
+    assert received.fields[0]["token"].get_secret_value() == "s3cret"
+
+
+class Price(BaseModel):
+    amount: float
+
+
+class Basket(BaseModel):
+    name: str
+    prices: list[Price]
+    extra: dict[str, Any] = {}
+
+
+class SentAsConstants(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
+    amount: float
+
+
+def test_only_schemas_that_may_hold_a_float_are_searched_for_infinity() -> None:
+    assert payload.may_send_non_finite(Basket)
+    assert payload.may_send_non_finite(Price)
+    assert not payload.may_send_non_finite(OrderPlaced)  # Decimal, int and str: nothing to search
+    assert not payload.may_send_non_finite(SentAsConstants)  # it says how to send them
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "where"),
+    [
+        ({"name": "b", "prices": [{"amount": 1.0}, {"amount": float("inf")}]}, "prices.1.amount"),
+        ({"name": "b", "prices": [], "extra": {"rates": [0.5, float("nan")]}}, "extra.rates.1"),
+        ({"name": "b", "prices": [{"amount": float("-inf")}]}, "prices.0.amount"),
+    ],
+)
+def test_send_refuses_a_float_json_cannot_carry(kwargs: dict[str, Any], where: str) -> None:
+    received = _wire(Basket, "basket.priced")
+
+    with InMemoryBroker() as broker, pytest.raises(broadcaster.InvalidPayload, match=rf"{where}: an infinite or NaN"):
+        received.signal.send(sender=None, **kwargs)
+
+    assert len(broker) == 0  # nothing was sent, rather than null for a number
+    assert received.fields == []
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True), st.floats(allow_nan=True, allow_infinity=True))
+def test_every_float_arrives_as_sent_or_is_refused_at_send(amount: float, rate: float) -> None:
+    kwargs = {"name": "b", "prices": [{"amount": amount}], "extra": {"rate": rate}}
+    with registry.isolated(), InMemoryBroker() as broker:
+        received = _wire(Basket, "basket.priced")
+        try:
+            received.signal.send(sender=None, **kwargs)
+        except broadcaster.InvalidPayload:
+            assert not (math.isfinite(amount) and math.isfinite(rate))
+            assert len(broker) == 0
+            return
+
+    assert math.isfinite(amount)
+    assert math.isfinite(rate)
+    assert [o.action for o in broker.outcomes] == [Action.ACK]
+    assert received.fields[0]["prices"][0].amount == amount
+    assert received.fields[0]["extra"] == {"rate": rate}
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -294,7 +294,19 @@ def lane_of(props: pika.BasicProperties) -> str | None:
 
 
 def describe_delivery(outcome: Outcome, delivery: Delivery) -> str:
-    """The event type and id of a delivery, for log lines."""
+    """The event type and id of a delivery, for log lines.
+
+    A message whose envelope could not be read is named by what the broker says of it:
+    its routing key, queue and delivery tag (and its AMQP type and message id, quoted, if
+    it has them), so that an operator can find it in the dead-letter queue.
+    """
     envelope, props = outcome.envelope, delivery.properties
-    event = envelope.type if envelope else props.type or "(unknown event)"
-    return f"{event} {envelope.id if envelope else props.message_id or '(no id)'}"
+    if envelope is not None:
+        return f"{envelope.type} {envelope.id}"
+    said = "".join(
+        f" {name} {str(value)[:100]!r}" for name, value in (("type", props.type), ("id", props.message_id)) if value
+    )
+    return (
+        f"a message routed as {delivery.routing_key[:200]!r} (queue {delivery.topology.queue}, "
+        f"delivery tag {delivery.tag}{';' if said else ''}{said})"
+    )

@@ -269,3 +269,20 @@ def test_a_content_type_that_is_not_utf8_is_dead_lettered(consumer: Consumer) ->
     [(_, _, copy)] = channel.published
     assert verdict is Verdict.DEAD_LETTERED
     assert copy.headers["x-broadcaster-reason"] == "content-type"
+
+
+def test_the_log_names_a_message_without_an_envelope_by_what_the_broker_says_of_it(
+    consumer: Consumer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No ce- headers, and a hostile AMQP type with a line break: the dead-letter line must
+    # still say which message it was, on one line.
+    raw = amqp_raw.properties(amqp_raw.table([]), content_type=b"application/json")
+    props = _properties(raw)
+    props.type, props.message_id = "forged\nERROR everything is fine", "m-1"
+    channel = Channel()
+    finished = consumer._handle(Delivery(consumer.topology, channel, 7, EVENT, props, b"{}", 1))
+    consumer._executor.carry_out(finished, settle(finished.outcome, 1, consumer.topology))
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dead-lettered")]
+    assert f"a message routed as {EVENT!r} (queue {consumer.topology.queue}, delivery tag 7;" in line
+    assert "type 'forged\\nERROR everything is fine' id 'm-1'" in line
+    assert "\n" not in line

@@ -31,7 +31,15 @@ from pika.adapters.select_connection import SelectConnection
 from pika.adapters.utils import nbio_interface
 from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapter
 
-__all__ = ["WRITE_BYTES", "BatchingConnection", "IOServices", "blocking_connection", "fast_path", "recheck"]
+__all__ = [
+    "WRITE_BYTES",
+    "BatchingConnection",
+    "IOServices",
+    "blocking_connection",
+    "fast_path",
+    "recheck",
+    "reset_while_connecting",
+]
 
 logger = logging.getLogger(__name__)
 

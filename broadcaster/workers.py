@@ -142,19 +142,24 @@ class Receivers:
 
     def _run(self) -> None:
         try:
-            while (delivery := self._next()) is not None:
-                finished = self._handle(delivery)
-                with self._cond:
-                    self._running.pop(id(delivery), None)
-                    self._reported.discard(id(delivery))
-                    self._lanes.done(delivery.lane)
-                    self._cond.notify_all()
-                self._on_finished(finished)
+            delivery = self._next(None)
+            while delivery is not None:
+                self._on_finished(self._handle(delivery))
+                delivery = self._next(delivery)
         finally:
             connections.close_all()  # this thread's database connections
 
-    def _next(self) -> Delivery | None:
+    def _next(self, done: Delivery | None) -> Delivery | None:
+        """Mark `done` finished (its key's next delivery may run), then wait for the next one.
+
+        One pass under the lock for both: it is taken twice per message otherwise.
+        """
         with self._cond:
+            if done is not None:
+                self._running.pop(id(done), None)
+                self._reported.discard(id(done))
+                self._lanes.done(done.lane)
+                self._cond.notify_all()  # wait_idle(), and workers waiting for that key
             while not self._stopping and (delivery := self._lanes.take()) is None:
                 self._cond.wait()
             if self._stopping or delivery is None:

@@ -128,6 +128,7 @@ def declare_service(queue: str, events: list[str], *, ordered: bool = False) -> 
     """
     from django.conf import settings  # noqa: PLC0415 - the runner's Django settings
 
+    from broadcaster.control import control_exchange, paused_marker  # noqa: PLC0415
     from broadcaster.settings import BroadcasterSettings  # noqa: PLC0415
     from broadcaster.topology import Partitions, Topology  # noqa: PLC0415
 
@@ -143,7 +144,8 @@ def declare_service(queue: str, events: list[str], *, ordered: bool = False) -> 
     finally:
         conn.close()
     queues = [service.queue, service.dead_letter_queue, *service.retry_queues]
-    exchanges = [service.requeue_exchange]
+    # The daemons declare their control exchange (and an operator's pause, its marker).
+    exchanges = [service.requeue_exchange, control_exchange(service_settings), paused_marker(service_settings)]
     if ordered:
         queues += [p.queue for p in partitions.queues]
         exchanges.append(partitions.exchange)

@@ -25,6 +25,7 @@ import pika
 import pytest
 from pydantic import BaseModel
 
+from broadcaster.control import control_exchange, paused_marker
 from broadcaster.settings import BroadcasterSettings
 from broadcaster.topology import Partitions, Topology
 from schemas import OrderLine, OrderPlaced, OrderSaved, OrderSnapshot
@@ -190,6 +191,8 @@ class Shop:
                     channel.queue_delete(queue)
                 channel.exchange_delete(topology.requeue_exchange)
                 channel.exchange_delete(partitions.exchange)
+                channel.exchange_delete(control_exchange(settings))  # the daemons declare it
+                channel.exchange_delete(paused_marker(settings))
             channel.exchange_delete(self.exchange)
         finally:
             connection.close()

@@ -183,7 +183,20 @@ class Consumer:
 
     def _attach(self, conn: pika.BlockingConnection, channel: Any) -> None:
         """On a new channel: declare the topology, then consume (unless paused)."""
-        self.queues.declare(channel)
+        try:
+            self.queues.declare(channel)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            instance = self.instance_topology
+            if instance is None or not _home_node_down(exc, instance.queue):
+                raise
+            self.queues = self.queues.moved_instance(self.settings)
+            self.instance_topology = self.queues.instance
+            assert self.instance_topology is not None
+            raise BrokerUnavailable(
+                f"the node holding instance queue {instance.queue} is down; this daemon moves to instance queue "
+                f"{self.instance_topology.queue} (events left in the old one are lost when it expires, "
+                f"INSTANCE_QUEUE_EXPIRES after its node is back)"
+            ) from exc
         self._executor.attach(channel)
         self.control.attach(conn, channel)
 
@@ -284,6 +297,12 @@ class Consumer:
             conn.add_callback_threadsafe(self._settle_finished)
         except Exception:  # a closed connection: the main loop drops the result
             self._wake_pending = False
+
+
+def _home_node_down(exc: pika.exceptions.ChannelClosedByBroker, queue: str) -> bool:
+    """Whether the broker refused to declare `queue` because the node of that classic queue is down."""
+    text = str(exc.reply_text)
+    return exc.reply_code == 404 and "home node" in text and f"queue '{queue}'" in text
 
 
 class _Link:

@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from broadcaster.settings import BroadcasterSettings
@@ -72,12 +72,16 @@ class Topology:
         )
 
     @classmethod
-    def for_instance(cls, settings: BroadcasterSettings) -> Topology:
-        """This daemon's own queue, for subscriptions with fanout="instance"."""
+    def for_instance(cls, settings: BroadcasterSettings, move: int = 0) -> Topology:
+        """This daemon's own queue, for subscriptions with fanout="instance".
+
+        `move` counts the times the daemon left its instance queue behind on a node that
+        died (see `ServiceQueues.moved_instance()`): each move is a queue of a new name.
+        """
         service = cls.for_settings(settings)
         return cls(
             settings.exchange,
-            f"{settings.queue_name}.instance.{settings.instance_name}",
+            f"{settings.queue_name}.instance.{settings.instance_name}" + (f".moved-{move}" if move else ""),
             # Classic and durable: it expires (x-expires) once its daemon is gone. Never a
             # transient (non-durable) queue: RabbitMQ 4.3 refuses those unless exclusive.
             "classic",
@@ -251,6 +255,7 @@ class ServiceQueues:
     instance_events: tuple[str, ...]
     partitions: Partitions | None
     ordered: tuple[str, ...]
+    instance_moves: int = 0  # see moved_instance()
 
     @classmethod
     def for_subscriptions(cls, settings: BroadcasterSettings, subscribed: Mapping[str, Subscription]) -> ServiceQueues:
@@ -265,6 +270,19 @@ class ServiceQueues:
             Partitions.for_settings(settings) if ordered else None,
             ordered,
         )
+
+    def moved_instance(self, settings: BroadcasterSettings) -> ServiceQueues:
+        """These queues with the instance queue under the next name.
+
+        A classic queue lives on one node; while that node is down the broker refuses to
+        declare it anywhere else ("home node ... is down"). A daemon whose instance queue
+        is on a dead node takes a queue of a new name on a live one, rather than waiting
+        for that node and consuming nothing meanwhile. The old queue, and any event still
+        in it, expires INSTANCE_QUEUE_EXPIRES after its node is back.
+        """
+        assert self.instance is not None
+        moves = self.instance_moves + 1
+        return replace(self, instance=Topology.for_instance(settings, moves), instance_moves=moves)
 
     @property
     def consumed(self) -> list[Topology]:

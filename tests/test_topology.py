@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.dispatch import Signal
+from pydantic import BaseModel
+
+from broadcaster.registry import Subscription
 from broadcaster.settings import get_settings
-from broadcaster.topology import Topology
+from broadcaster.topology import ServiceQueues, Topology
 
 
 class Recorder:
@@ -77,6 +81,32 @@ def test_instance_topology_expires_and_shares_the_dead_letter_queue(settings: An
     assert list(channel.exchanges) == ["signals"]
     assert channel.queues["tests.instance.pod-7"]["x-expires"] == 60_000
     assert channel.queues["tests.instance.pod-7"]["x-queue-type"] == "classic"
+
+
+class Payload(BaseModel):
+    n: int = 0
+
+
+def test_an_instance_queue_moved_off_a_dead_node_takes_the_next_name_and_keeps_the_rest(settings: Any) -> None:
+    settings.BROADCASTER = {**settings.BROADCASTER, "INSTANCE_ID": "pod-7"}
+    subscribed = {
+        "cache.flushed": Subscription("cache.flushed", Payload, Signal(), None, "1.0", fanout="instance"),
+        "orders.placed": Subscription("orders.placed", Payload, Signal(), None, "1.0"),
+    }
+    queues = ServiceQueues.for_subscriptions(get_settings(), subscribed)
+    once = queues.moved_instance(get_settings())
+    twice = once.moved_instance(get_settings())
+    assert [q.instance.queue for q in (queues, once, twice) if q.instance] == [
+        "tests.instance.pod-7",
+        "tests.instance.pod-7.moved-1",
+        "tests.instance.pod-7.moved-2",
+    ]
+    assert twice.service == queues.service
+    assert twice.instance_events == ("cache.flushed",)
+    assert twice.instance is not None
+    assert queues.instance is not None
+    assert twice.instance.expires_ms == queues.instance.expires_ms
+    assert twice.instance.dead_letter_queue == "tests.dead-letter"
 
 
 class StrictRecorder(Recorder):

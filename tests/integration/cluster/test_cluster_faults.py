@@ -146,3 +146,29 @@ def test_outbox_relay_through_a_node_kill(
     assert relay.alive
     assert daemon.alive
     assert connected_nodes(relay.log(), "relay")[-1] != 1
+
+
+def test_a_daemon_whose_instance_queue_died_with_its_node_moves_to_a_new_one(
+    nodes: Cluster, rabbit: Broker, service: Callable[..., Service], summarize: Callable[[str], None]
+) -> None:
+    # An instance queue is classic: it lives on the node the daemon first declared it on,
+    # and while that node is down the broker refuses to declare it anywhere else. The
+    # daemon must not wait for that node, consuming nothing of its service queue meanwhile.
+    shipping = service("shipping", "instance", INSTANCE_ID="pod-a", **nodes.env())
+    daemon = shipping.daemon()
+    on_node(daemon, "consumer", 1)  # its instance queue is on node 1
+    nodes.kill(1)
+
+    orders = service("orders", "producer", **nodes.env(2))
+    pings = orders.spawn(*burst(COUNT // 5))
+    priced = orders.spawn("fire", "priced", "--data", '{"sku": "a-1", "amount": "1.50"}', "--count", "50")
+    seen = deliver(rabbit, shipping, range(COUNT // 5), pings)
+    priced.wait_exit(timeout=120)
+    pinged = [(n, i) for n, i in seen if not isinstance(n, tuple)]  # instance events are (type, id)
+    check(classify(range(COUNT // 5), pinged), "cluster: instance queue's node killed (service events)", summarize)
+    wait_for(lambda: sum(r["type"] == "relay.priced" for r in shipping.records()) >= 50, 60, "50 instance events")
+    summarize("cluster: instance queue's node killed: the daemon moved to a new instance queue, 50 of 50 received")
+
+    assert f"moves to instance queue {shipping.queue}.instance.pod-a.moved-1" in daemon.log()
+    assert connected_nodes(daemon.log(), "consumer")[-1] in (2, 3)
+    assert daemon.alive

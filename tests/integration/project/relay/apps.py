@@ -58,6 +58,13 @@ def _ordered() -> None:
     events.keyed.connect(receivers.record_keyed, weak=False, dispatch_uid="relay.record_keyed")
 
 
+def _instance() -> None:
+    # ping to the service queue, as the consumer role; priced to this daemon's instance queue.
+    broadcaster.subscribe("relay.ping", schema=events.Ping, signal=events.ping)
+    broadcaster.subscribe("relay.priced", schema=events.Priced, signal=events.priced, fanout="instance")
+    receivers.connect(events.ping, events.priced)
+
+
 def _keyed_producer() -> None:
     broadcaster.broadcast(events.keyed, event="relay.keyed", schema=events.Keyed, key="key")
 
@@ -67,6 +74,7 @@ WIRINGS: dict[str, Callable[[], None]] = {
     "keyed-producer": _keyed_producer,
     "producer": _producer,
     "consumer": _consumer,
+    "instance": _instance,
     "echo": _echo,
     "ping-to-pong": _ping_to_pong,
     "pong-to-ping": _pong_to_ping,

@@ -53,6 +53,8 @@ if os.environ.get("REQUIRE_USER_ID") == "1":
     BROADCASTER["REQUIRE_USER_ID"] = True
 if "UNROUTED_QUEUE" in os.environ:
     BROADCASTER["UNROUTED_QUEUE"] = os.environ["UNROUTED_QUEUE"]
+if "INSTANCE_ID" in os.environ:
+    BROADCASTER["INSTANCE_ID"] = os.environ["INSTANCE_ID"]
 if "QUEUE_TYPE" in os.environ:
     BROADCASTER["QUEUE_TYPE"] = os.environ["QUEUE_TYPE"]
 if os.environ.get("LOG_CONNECTIONS"):

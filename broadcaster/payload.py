@@ -9,8 +9,7 @@ still get the fields by their Python names.
 serialized form its validation rejects for a reason visible on the class itself: a
 field sent under a key validation does not read, a required field excluded from the
 output, a default its own type rejects (``v: int = None`` sends ``null``), a computed
-field sent to a model that forbids unknown keys, and in a broadcast's schema a secret
-type (sent as asterisks) without a serializer of its own. A serializer that changes a value's
+field sent to a model that forbids unknown keys. A serializer that changes a value's
 form is visible only through the JSON Schemas (when it declares its return type):
 `serialization_problems()` compares the schema's serialization-mode schema with its own
 validation-mode one, and the system check ``broadcaster.E010`` reports what it finds (a
@@ -20,24 +19,15 @@ be over-strict, and can be silenced).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydantic import (
-    AliasChoices,
-    AliasPath,
-    BaseModel,
-    PlainSerializer,
-    Secret,
-    SecretBytes,
-    SecretStr,
-    TypeAdapter,
-    ValidationError,
-    WrapSerializer,
-)
+from pydantic import AliasChoices, AliasPath, BaseModel, Secret, SecretBytes, SecretStr, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -47,15 +37,15 @@ __all__ = [
     "check_schema",
     "dump",
     "field_value",
-    "may_send_non_finite",
-    "non_finite",
+    "may_drop_values",
     "schema_major",
     "serialization_problems",
+    "wire_problem",
 ]
 
 _SECRETS = (SecretStr, SecretBytes, Secret)
-_SERIALIZERS = (PlainSerializer, WrapSerializer)
-_CONTAINERS = (dict, list, tuple, set, frozenset)  # without arguments, they hold anything
+_MASK = "**********"  # how pydantic writes every secret type
+_MASKED = b'"**********"'
 
 
 def dump(payload: BaseModel) -> bytes:
@@ -79,15 +69,11 @@ def schema_major(version: str) -> int | None:
     return int(head) if head.isascii() and head.isdigit() and len(head) < 6 else None
 
 
-def check_schema(schema: type[BaseModel], *, sends: bool = True) -> None:
-    """Raise RegistrationError if `schema` sends a form its own validation rejects.
-
-    With `sends` (a broadcast's schema), also if it would send a secret's asterisks; a
-    subscriber may well read a plain string into a secret type.
-    """
+def check_schema(schema: type[BaseModel]) -> None:
+    """Raise RegistrationError if `schema` sends a form its own validation rejects."""
     for model in _models(schema):
         for name, info in model.model_fields.items():
-            problem = _field_problem(model, name, info, sends=sends)
+            problem = _field_problem(model, name, info)
             if problem:
                 raise RegistrationError(f"{_where(schema, model)}field {name!r}: {problem}")
         if model.model_config.get("extra") == "forbid" and model.model_computed_fields:
@@ -112,17 +98,11 @@ def _where(schema: type[BaseModel], model: type[BaseModel]) -> str:
     return f"schema {schema.__qualname__}{inner}: "
 
 
-def _field_problem(model: type[BaseModel], name: str, info: FieldInfo, *, sends: bool) -> str | None:
+def _field_problem(model: type[BaseModel], name: str, info: FieldInfo) -> str | None:
     if info.exclude is True:
         if info.is_required():
             return "exclude=True on a required field: it is never sent, so every message is rejected"
         return None
-    if sends and _holds_secret(info.annotation) and not _serialized_by_hand(model, name, info):
-        return (
-            "a secret type is sent as '**********', never its value, so receivers would get the "
-            "asterisks; send the value with a field_serializer that returns get_secret_value(), "
-            "or leave the field out of the event"
-        )
     key = _sent_key(name, info)
     if key not in _read_keys(model, name, info):
         return (
@@ -175,8 +155,57 @@ def _default_problem(info: FieldInfo) -> str | None:
     return None
 
 
+def may_drop_values(schema: type[BaseModel]) -> bool:
+    """Whether a body of `schema` may hold a value pydantic's JSON drops (see `wire_problem()`).
+
+    Read once per broadcast, so that other schemas pay nothing on send(): from the
+    schema's serialization JSON Schema (a number, a secret's ``"format": "password"``, a
+    part that takes anything) and from its annotations (``Secret[int]`` is written there
+    as an integer). Yes when the JSON Schema cannot be made.
+    """
+    from broadcaster.snapshot import json_schema  # noqa: PLC0415 - it imports the registry, which imports us
+
+    try:
+        document = json_schema(schema, "serialization")
+    except Exception:
+        return True
+    secret = any(
+        isinstance(leaf, type) and issubclass(leaf, _SECRETS)
+        for model in _models(schema)
+        for info in model.model_fields.values()
+        for leaf in _leaves(info.annotation)
+    )
+    return secret or _may_drop(document)
+
+
+_SHAPES = frozenset({"type", "$ref", "anyOf", "oneOf", "allOf", "enum", "const", "not", "properties"})
+
+
+def _may_drop(node: Any) -> bool:
+    if node is True:  # additionalProperties or items: true, anything
+        return True
+    if not isinstance(node, dict):
+        return False
+    kind = node.get("type")
+    if "number" in (kind if isinstance(kind, list) else [kind]) or node.get("format") == "password":
+        return True
+    if not node.keys() & _SHAPES:  # {} or only a title, a default...: any value
+        return True
+    children = [
+        *node.get("properties", {}).values(),
+        *node.get("patternProperties", {}).values(),
+        *node.get("$defs", {}).values(),
+        *node.get("prefixItems", []),
+        *node.get("anyOf", []),
+        *node.get("oneOf", []),
+        *node.get("allOf", []),
+        *(node[key] for key in ("items", "additionalProperties", "not") if key in node),
+    ]
+    return any(_may_drop(child) for child in children)
+
+
 def _leaves(annotation: object) -> Iterator[object]:
-    """`annotation`, and for a generic its origin, its arguments and their leaves (Annotated's markers too)."""
+    """`annotation`, and for a generic its origin, its arguments and their leaves."""
     yield annotation
     origin = typing.get_origin(annotation)
     if origin is not None:
@@ -186,67 +215,69 @@ def _leaves(annotation: object) -> Iterator[object]:
             yield from _leaves(argument)
 
 
-def _holds_secret(annotation: object) -> bool:
-    return any(isinstance(leaf, type) and issubclass(leaf, _SECRETS) for leaf in _leaves(annotation))
+def wire_problem(schema: type[BaseModel], payload: BaseModel, body: bytes) -> str | None:
+    """What `body`, the JSON just made of `payload`, says in place of a value; None almost always.
 
-
-def _may_hold_float(annotation: object) -> bool:
-    if annotation is Any or annotation is object or annotation in _CONTAINERS:  # anything may be inside
-        return True
-    if isinstance(annotation, type) and issubclass(annotation, float):
-        return True
-    if typing.get_origin(annotation) is typing.Literal:
-        return False
-    return any(_may_hold_float(argument) for argument in typing.get_args(annotation))
-
-
-def _serialized_by_hand(model: type[BaseModel], name: str, info: FieldInfo) -> bool:
-    """Whether a serializer of the user's writes the field (or the whole model)."""
-    decorators = model.__pydantic_decorators__
-    if decorators.model_serializers:
-        return True
-    if any(name in d.info.fields or "*" in d.info.fields for d in decorators.field_serializers.values()):
-        return True
-    markers = [*info.metadata, *_leaves(info.annotation)]
-    return any(isinstance(marker, _SERIALIZERS) for marker in markers)
-
-
-def may_send_non_finite(schema: type[BaseModel]) -> bool:
-    """Whether a payload of `schema` may hold a float that JSON cannot carry (sent as null).
-
-    False when no model of the schema has a field that may hold a float, or each that
-    does sets ``ser_json_inf_nan`` to a form of its own: then `non_finite()` is not needed.
+    Two of pydantic's JSON forms drop the value: an infinite or NaN float is written as
+    ``null`` (unless the schema sets ``ser_json_inf_nan``), and a secret type as
+    ``"**********"``. Each leaves its token in the body, so only a body holding one is
+    looked at closer, in what pydantic serialized (aliases, serializers and exclusions
+    applied, so the path named is the one on the wire).
     """
-    for model in _models(schema):
-        if model.model_config.get("ser_json_inf_nan", "null") != "null":
-            continue
-        if any(_may_hold_float(info.annotation) for info in model.model_fields.values()):
-            return True
-    return False
-
-
-def non_finite(value: object, path: str = "") -> str | None:
-    """The path of the first infinite or NaN float in a validated payload, else None.
-
-    pydantic sends such a float as ``null``: the receiver would get None for a number, or
-    reject the event, so the producer refuses it instead.
-    """
-    items: Any
-    if isinstance(value, float):
-        return None if math.isfinite(value) else path or "(payload)"
-    if isinstance(value, BaseModel):
-        items = [*value.__dict__.items(), *(value.__pydantic_extra__ or {}).items()]
-    elif isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, list | tuple | set | frozenset):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = non_finite(item, f"{path}.{key}" if path else str(key))
-        if found is not None:
-            return found
+    if b"null" in body and schema.model_config.get("ser_json_inf_nan", "null") == "null":
+        # Python mode: JSON mode has already turned a float under Any into None.
+        sent = payload.__pydantic_serializer__.to_python(payload, by_alias=True)
+        where = _first(sent, lambda value: isinstance(value, float) and not math.isfinite(value))
+        if where is not None:
+            return f"{where}: an infinite or NaN float cannot travel in JSON (it would be sent as null)"
+    if _MASKED in body and _holds_secret(payload):
+        sent = payload.__pydantic_serializer__.to_python(payload, mode="json", by_alias=True)
+        where = _first(sent, lambda value: value == _MASK)
+        if where is not None:
+            return (
+                f"{where}: a secret type is sent as {_MASK!r}, never its value; return value.get_secret_value() "
+                "from a field_serializer to send it, or leave it out of the event"
+            )
     return None
+
+
+def _first(document: Any, wrong: Callable[[Any], bool]) -> str | None:
+    """The dotted path of the first value of a serialized payload for which `wrong` holds."""
+    todo: list[tuple[str, Any]] = [("", document)]
+    while todo:
+        path, value = todo.pop()
+        if isinstance(value, dict):
+            items: Any = value.items()
+        elif isinstance(value, list | tuple | deque | set | frozenset):
+            items = enumerate(value)
+        elif wrong(value):
+            return path or "(payload)"
+        else:
+            continue
+        todo.extend(reversed([(f"{path}.{key}" if path else str(key), item) for key, item in items]))
+    return None
+
+
+def _holds_secret(payload: object) -> bool:
+    """Whether a secret type is among the values of `payload` (models, dataclasses, containers)."""
+    todo, seen = [payload], set()
+    while todo:
+        value = todo.pop()
+        if isinstance(value, _SECRETS):
+            return True
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, BaseModel):
+            todo.extend(value.__dict__.values())
+            todo.extend((value.__pydantic_extra__ or {}).values())
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            todo.extend(getattr(value, field.name) for field in dataclasses.fields(value))
+        elif isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list | tuple | set | frozenset | deque):
+            todo.extend(value)
+    return False
 
 
 def _models(schema: type[BaseModel]) -> Iterator[type[BaseModel]]:

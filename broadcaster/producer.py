@@ -24,7 +24,7 @@ from broadcaster import observability, transport
 from broadcaster.dispatch import re_emitting
 from broadcaster.envelope import Envelope, OutboundMessage
 from broadcaster.exceptions import HopLimitExceeded, InvalidPayload, MessageTooLarge
-from broadcaster.payload import field_value, may_send_non_finite, non_finite
+from broadcaster.payload import field_value, may_drop_values, wire_problem
 from broadcaster.settings import get_settings
 
 __all__ = ["Broadcast", "PartitionKey"]
@@ -71,9 +71,9 @@ class Broadcast:
             transport.get_publisher().publish(message)
 
     @functools.cached_property
-    def may_send_non_finite(self) -> bool:
-        """Whether a payload may hold a float JSON cannot carry: only then is it looked for, on every send()."""
-        return may_send_non_finite(self.schema)
+    def may_drop_values(self) -> bool:
+        """Whether send() must look at a body for values its JSON dropped (see payload.wire_problem)."""
+        return may_drop_values(self.schema)
 
     def message(self, sender: object, kwargs: dict[str, Any], cause: Envelope | None) -> OutboundMessage:
         """Validate the signal's kwargs and serialize them; the envelope is made later."""
@@ -87,10 +87,9 @@ class Broadcast:
             payload = self.schema.__pydantic_validator__.validate_python(data, from_attributes=True)
         except ValidationError as exc:
             raise InvalidPayload(self.event, _describe(exc)) from exc
-        if self.may_send_non_finite and (where := non_finite(payload)) is not None:
-            why = "an infinite or NaN float cannot travel in JSON (pydantic would send null); send a finite number"
-            raise InvalidPayload(self.event, [f"{where}: {why}"])
         body = self.schema.__pydantic_serializer__.to_json(payload, by_alias=True)  # the wire form: see payload.py
+        if self.may_drop_values and (problem := wire_problem(self.schema, payload, body)) is not None:
+            raise InvalidPayload(self.event, [problem])  # null for a number, asterisks for a secret
         if len(body) > settings.max_message_bytes:
             raise MessageTooLarge(self.event, len(body), settings.max_message_bytes)
         return OutboundMessage.draft(

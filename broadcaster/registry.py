@@ -145,7 +145,7 @@ def subscribe(
     """
     _check_event(event)
     version = _schema_version(schema)
-    check_schema(schema, sends=False)
+    check_schema(schema)
     major = schema_major(version) or 0  # _schema_version() checked that it has one
     chain = _check_upcasters(event, major, upcasters or {})
     _check_delivery(event, schema, fanout, ordered, version_field)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, NewType, TypedDict
 
 import pytest
 from django.dispatch import Signal
@@ -26,9 +27,11 @@ from pydantic import (
     PlainSerializer,
     Secret,
     SecretStr,
+    SerializerFunctionWrapHandler,
     computed_field,
     create_model,
     field_serializer,
+    model_serializer,
 )
 from pydantic.alias_generators import to_camel
 
@@ -311,24 +314,78 @@ class SecretSentOnPurpose(BaseModel):
         return value.get_secret_value()
 
 
-@pytest.mark.parametrize(("schema", "field"), [(WithSecret, "token"), (WithSecretsInside, "keys")])
-def test_a_broadcast_schema_that_would_send_a_secrets_asterisks_is_refused(schema: type[BaseModel], field: str) -> None:
-    sent = payload.dump(WithSecret(user="u", token=SecretStr("s3cret")))
-    assert b"s3cret" not in sent  # what registration prevents: the receivers get '**********'
-
-    with pytest.raises(broadcaster.RegistrationError, match=rf"field '{field}': a secret type is sent as '\*+'"):
-        broadcaster.broadcast(Signal(), event="secret.schema", schema=schema)
-    broadcaster.subscribe("secret.schema", schema=schema)  # reading a string into a secret is fine
+class Credentials(TypedDict):
+    token: SecretStr
 
 
-def test_a_secret_with_a_serializer_of_its_own_is_sent() -> None:
-    received = _wire(SecretSentOnPurpose, "secret.sent")
+class SecretInATypedDict(BaseModel):
+    credentials: Credentials
+
+
+class SecretUnderAWrapSerializer(BaseModel):
+    token: SecretStr
+
+    @model_serializer(mode="wrap")
+    def _all(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {**handler(self), "checked": True}
+
+
+class Vault(BaseModel):
+    token: SecretStr
+
+
+class SecretLeftOut(BaseModel):
+    n: int
+    vault: Vault | None = Field(default=None, exclude=True)
+
+
+class Masked(BaseModel):
+    card: str  # a plain string that happens to look like a secret
+
+
+@pytest.mark.parametrize(
+    ("schema", "kwargs", "where"),
+    [
+        (WithSecret, {"user": "u", "token": "s3cret"}, "token"),
+        (WithSecretsInside, {"keys": [1, 2]}, "keys.0"),
+        (SecretInATypedDict, {"credentials": {"token": "s3cret"}}, "credentials.token"),
+        (SecretUnderAWrapSerializer, {"token": "s3cret"}, "token"),
+    ],
+)
+def test_send_refuses_a_payload_that_would_carry_a_secrets_asterisks(
+    schema: type[BaseModel], kwargs: dict[str, Any], where: str
+) -> None:
+    received = _wire(schema, "secret.schema")
+
+    with InMemoryBroker() as broker, pytest.raises(broadcaster.InvalidPayload, match=rf"{where}: a secret type"):
+        received.signal.send(sender=None, **kwargs)
+
+    assert len(broker) == 0  # nothing sent, rather than '**********' for the value
+
+
+@pytest.mark.parametrize(
+    ("schema", "kwargs"),
+    [
+        (SecretSentOnPurpose, {"token": "s3cret"}),
+        (SecretLeftOut, {"n": 1, "vault": {"token": "s3cret"}}),
+        (Masked, {"card": "**********"}),
+    ],
+)
+def test_a_secret_sent_on_purpose_or_left_out_and_look_alike_strings_are_sent(
+    schema: type[BaseModel], kwargs: dict[str, Any]
+) -> None:
+    received = _wire(schema, "secret.sent")
 
     with InMemoryBroker() as broker:
-        received.signal.send(sender=None, token="s3cret")
+        received.signal.send(sender=None, **kwargs)
 
     assert [o.action for o in broker.outcomes] == [Action.ACK]
-    assert received.fields[0]["token"].get_secret_value() == "s3cret"
+    assert len(received.fields) == 1
+
+
+def test_a_subscriber_may_read_a_plain_string_into_a_secret() -> None:
+    broadcaster.broadcast(Signal(), event="secret.read", schema=SecretSentOnPurpose)
+    broadcaster.subscribe("secret.read", schema=WithSecret)  # registration refuses neither
 
 
 class Price(BaseModel):
@@ -341,35 +398,73 @@ class Basket(BaseModel):
     extra: dict[str, Any] = {}
 
 
+@dataclass
+class Reading:
+    value: float
+
+
+class Sensor(BaseModel):
+    reading: Reading
+    level: NewType("Level", float)  # type: ignore[valid-type]
+
+
+class Shown(BaseModel):
+    amount: float
+    hidden: float = Field(default=0.0, exclude=True)
+
+    @field_serializer("amount")
+    def _amount(self, value: float) -> str:
+        return str(value)
+
+
 class SentAsConstants(BaseModel):
     model_config = ConfigDict(ser_json_inf_nan="constants")
 
     amount: float
 
 
-def test_only_schemas_that_may_hold_a_float_are_searched_for_infinity() -> None:
-    assert payload.may_send_non_finite(Basket)
-    assert payload.may_send_non_finite(Price)
-    assert not payload.may_send_non_finite(OrderPlaced)  # Decimal, int and str: nothing to search
-    assert not payload.may_send_non_finite(SentAsConstants)  # it says how to send them
-
-
 @pytest.mark.parametrize(
-    ("kwargs", "where"),
+    ("schema", "kwargs", "where"),
     [
-        ({"name": "b", "prices": [{"amount": 1.0}, {"amount": float("inf")}]}, "prices.1.amount"),
-        ({"name": "b", "prices": [], "extra": {"rates": [0.5, float("nan")]}}, "extra.rates.1"),
-        ({"name": "b", "prices": [{"amount": float("-inf")}]}, "prices.0.amount"),
+        (Basket, {"name": "b", "prices": [{"amount": 1.0}, {"amount": float("inf")}]}, "prices.1.amount"),
+        (Basket, {"name": "b", "prices": [], "extra": {"rates": [0.5, float("nan")]}}, "extra.rates.1"),
+        (Basket, {"name": "b", "prices": [{"amount": float("-inf")}]}, "prices.0.amount"),
+        (Sensor, {"reading": Reading(float("nan")), "level": 1.0}, "reading.value"),
+        (Sensor, {"reading": Reading(1.0), "level": float("inf")}, "level"),
     ],
 )
-def test_send_refuses_a_float_json_cannot_carry(kwargs: dict[str, Any], where: str) -> None:
-    received = _wire(Basket, "basket.priced")
+def test_send_refuses_a_float_json_cannot_carry(schema: type[BaseModel], kwargs: dict[str, Any], where: str) -> None:
+    received = _wire(schema, "basket.priced")
 
     with InMemoryBroker() as broker, pytest.raises(broadcaster.InvalidPayload, match=rf"{where}: an infinite or NaN"):
         received.signal.send(sender=None, **kwargs)
 
     assert len(broker) == 0  # nothing was sent, rather than null for a number
     assert received.fields == []
+
+
+@pytest.mark.parametrize(
+    ("schema", "kwargs"),
+    [
+        (Shown, {"amount": float("inf"), "hidden": float("nan")}),  # its serializer writes "inf"; one is not sent
+        (SentAsConstants, {"amount": float("inf")}),  # the schema says how to send it
+        (Basket, {"name": "null", "prices": [{"amount": 2.5}], "extra": {"none": None}}),
+    ],
+)
+def test_floats_a_serializer_writes_or_leaves_out_are_sent(schema: type[BaseModel], kwargs: dict[str, Any]) -> None:
+    received = _wire(schema, "basket.priced")
+
+    with InMemoryBroker() as broker:
+        received.signal.send(sender=None, **kwargs)
+
+    assert len(broker) == 1
+
+
+def test_only_schemas_that_may_carry_such_values_have_their_bodies_looked_at() -> None:
+    looked_at = [Basket, Sensor, WithSecret, WithSecretsInside, SecretInATypedDict, SecretLeftOut]
+    assert all(payload.may_drop_values(schema) for schema in looked_at)
+    # Decimal, int, str, datetime, a float its serializer writes as text: nothing JSON drops.
+    assert not any(payload.may_drop_values(schema) for schema in (OrderPlaced, OrderSaved, StockLow, Masked, Shown))
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True), st.floats(allow_nan=True, allow_infinity=True))

@@ -55,9 +55,9 @@ class Action(enum.Enum):
     """The message can never succeed: dead-letter it now, without retries."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Outcome:
-    """The result of dispatching one message (not changed once made).
+    """The result of dispatching one message (not changed once made, and hashable as before).
 
     Not frozen: one is made for every message, and a frozen dataclass's __init__ costs
     about four times as much.
@@ -199,7 +199,9 @@ def _validate(subscription: Subscription, message: IncomingMessage) -> dict[str,
             raise RejectedMessage(Reason.NOT_JSON, f"body is not valid JSON: {errors[0]['msg']}") from exc
         detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(payload)'}: {e['msg']}" for e in errors[:10])
         raise RejectedMessage(Reason.SCHEMA_VIOLATION, f"{subscription.event}: {detail}") from exc
-    return {name: getattr(payload, name) for name in subscription.field_names}
+    # A validator may hand back a subclass of the schema: its fields, then.
+    names = subscription.field_names if type(payload) is schema else tuple(type(payload).model_fields)
+    return {name: getattr(payload, name) for name in names}
 
 
 def _parse(data: bytes | object) -> object:

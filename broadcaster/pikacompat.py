@@ -238,10 +238,13 @@ def reset_while_connecting(exc: ValueError) -> OSError | None:
     """The socket error behind pika's ValueError for a socket reset mid-connect, else None.
 
     pika checks a new socket with getpeername() and turns its OSError (ENOTCONN once the
-    peer has reset it) into a ValueError raised while handling it.
+    peer has reset it) into a ValueError raised while handling it; both are checked, as
+    any ValueError raised inside a caller's ``except OSError`` has such a context too.
     """
     cause = exc.__context__
-    return cause if isinstance(cause, OSError) else None
+    if isinstance(cause, OSError) and str(exc).startswith("Expected connected socket"):
+        return cause
+    return None
 
 
 def blocking_connection(params: pika.connection.Parameters) -> pika.BlockingConnection:

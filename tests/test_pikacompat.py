@@ -164,6 +164,9 @@ def test_only_a_value_error_raised_over_a_socket_error_is_taken_for_a_reset() ->
     raised = ValueError("Expected connected socket")
     raised.__context__ = reset  # as pika raises it, while handling the socket's error
     assert pikacompat.reset_while_connecting(raised) is reset
+    other = ValueError("Expected ssl_context=None | ssl.SSLContext")
+    other.__context__ = reset  # a caller's own OSError being handled when pika raised it
+    assert pikacompat.reset_while_connecting(other) is None
 
 
 def test_the_publisher_reconnects_after_a_reset_as_it_connects(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,17 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydantic import AliasChoices, AliasPath, BaseModel, Secret, SecretBytes, SecretStr, TypeAdapter, ValidationError
+from pydantic import (
+    AliasChoices,
+    AliasPath,
+    BaseModel,
+    Secret,
+    SecretBytes,
+    SecretStr,
+    SerializeAsAny,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -44,6 +54,7 @@ __all__ = [
 ]
 
 _SECRETS = (SecretStr, SecretBytes, Secret)
+_SERIALIZE_AS_ANY: type = type(SerializeAsAny())  # type: ignore[type-arg]  # an Annotated alias to type checkers
 _MASK = "**********"  # how pydantic writes every secret type
 _MASKED = b'"**********"'
 
@@ -161,7 +172,8 @@ def may_drop_values(schema: type[BaseModel]) -> bool:
     Read once per broadcast, so that other schemas pay nothing on send(): from the
     schema's serialization JSON Schema (a number, a secret's ``"format": "password"``, a
     part that takes anything) and from its annotations (``Secret[int]`` is written there
-    as an integer). Yes when the JSON Schema cannot be made.
+    as an integer, and ``SerializeAsAny[Base]`` as the base, whatever subclass is sent).
+    Yes when the JSON Schema cannot be made.
     """
     from broadcaster.snapshot import json_schema  # noqa: PLC0415 - it imports the registry, which imports us
 
@@ -169,13 +181,13 @@ def may_drop_values(schema: type[BaseModel]) -> bool:
         document = json_schema(schema, "serialization")
     except Exception:
         return True
-    secret = any(
-        isinstance(leaf, type) and issubclass(leaf, _SECRETS)
+    hidden = any(
+        (isinstance(leaf, type) and issubclass(leaf, _SECRETS)) or isinstance(leaf, _SERIALIZE_AS_ANY)
         for model in _models(schema)
         for info in model.model_fields.values()
-        for leaf in _leaves(info.annotation)
+        for leaf in [*info.metadata, *_leaves(info.annotation)]
     )
-    return secret or _may_drop(document)
+    return hidden or _may_drop(document)
 
 
 _SHAPES = frozenset({"type", "$ref", "anyOf", "oneOf", "allOf", "enum", "const", "not", "properties"})

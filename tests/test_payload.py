@@ -27,6 +27,7 @@ from pydantic import (
     PlainSerializer,
     Secret,
     SecretStr,
+    SerializeAsAny,
     SerializerFunctionWrapHandler,
     computed_field,
     create_model,
@@ -460,8 +461,27 @@ def test_floats_a_serializer_writes_or_leaves_out_are_sent(schema: type[BaseMode
     assert len(broker) == 1
 
 
+class Reading2(BaseModel):
+    pass
+
+
+class ReadingWithValue(Reading2):
+    value: float
+
+
+class AnyReading(BaseModel):
+    reading: SerializeAsAny[Reading2]
+
+
+def test_a_subclass_sent_in_place_of_its_base_is_looked_at_too() -> None:
+    received = _wire(AnyReading, "reading.sent")
+
+    with InMemoryBroker(), pytest.raises(broadcaster.InvalidPayload, match=r"reading.value: an infinite or NaN"):
+        received.signal.send(sender=None, reading=ReadingWithValue(value=float("nan")))
+
+
 def test_only_schemas_that_may_carry_such_values_have_their_bodies_looked_at() -> None:
-    looked_at = [Basket, Sensor, WithSecret, WithSecretsInside, SecretInATypedDict, SecretLeftOut]
+    looked_at = [Basket, Sensor, WithSecret, WithSecretsInside, SecretInATypedDict, SecretLeftOut, AnyReading]
     assert all(payload.may_drop_values(schema) for schema in looked_at)
     # Decimal, int, str, datetime, a float its serializer writes as text: nothing JSON drops.
     assert not any(payload.may_drop_values(schema) for schema in (OrderPlaced, OrderSaved, StockLow, Masked, Shown))

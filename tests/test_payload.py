@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, NewType, TypedDict
+from typing import Annotated, Any, NewType
 
 import pytest
 from django.dispatch import Signal
@@ -35,6 +35,7 @@ from pydantic import (
     model_serializer,
 )
 from pydantic.alias_generators import to_camel
+from typing_extensions import TypedDict  # pydantic needs this one on Python 3.11
 
 import broadcaster
 from broadcaster import payload, registry

@@ -71,7 +71,6 @@ class Consumer:
         self.settings = settings
         self.subscriptions = dict(subscriptions)
         self.queues = ServiceQueues.for_subscriptions(settings, self.subscriptions)
-        self.topology, self.instance_topology = self.queues.service, self.queues.instance
         self.concurrency = concurrency or settings.concurrency
         # Enough messages in hand to keep every worker busy while the last ones are acked.
         self.prefetch = prefetch or max(settings.prefetch, 2 * self.concurrency)
@@ -90,6 +89,16 @@ class Consumer:
         )
         self._running = False
         self._turned = time.monotonic()  # the last turn of the connection's loop, for /healthz
+
+    @property
+    def topology(self) -> Topology:
+        """The service queue's objects, shared by every daemon of the service."""
+        return self.queues.service
+
+    @property
+    def instance_topology(self) -> Topology | None:
+        """This daemon's own queue, with fanout="instance" subscriptions (it may move: see _attach)."""
+        return self.queues.instance
 
     @property
     def connections_opened(self) -> int:
@@ -190,11 +199,11 @@ class Consumer:
             if instance is None or not _home_node_down(exc, instance.queue):
                 raise
             self.queues = self.queues.moved_instance(self.settings)
-            self.instance_topology = self.queues.instance
-            assert self.instance_topology is not None
+            moved = self.queues.instance
+            assert moved is not None
             raise BrokerUnavailable(
                 f"the node holding instance queue {instance.queue} is down; this daemon moves to instance queue "
-                f"{self.instance_topology.queue} (events left in the old one are lost when it expires, "
+                f"{moved.queue} (events left in the old one are lost when it expires, "
                 f"INSTANCE_QUEUE_EXPIRES after its node is back)"
             ) from exc
         self._executor.attach(channel)

@@ -307,9 +307,6 @@ def _models(schema: type[BaseModel]) -> Iterator[type[BaseModel]]:
 
 
 def _nested(annotation: object) -> Iterator[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        yield annotation
-        return
-    if typing.get_origin(annotation) is not None or isinstance(annotation, types.UnionType):
-        for argument in typing.get_args(annotation):
-            yield from _nested(argument)
+    for leaf in _leaves(annotation):
+        if isinstance(leaf, type) and issubclass(leaf, BaseModel):
+            yield leaf
